@@ -1,0 +1,1 @@
+"""File input and output: volumes, landmarks, transforms. Method code never does file I/O."""

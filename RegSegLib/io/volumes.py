@@ -1,0 +1,351 @@
+"""Reading and writing volumes (NIfTI, NRRD, MHA/MHD, DICOM series) and landmarks (CSV, Slicer markups).
+
+NIfTI goes through nibabel (its affine is already RAS; arrays ``[I, J, K(, C)]`` are transposed to
+``[C, K, J, I]``). NRRD, MHA and DICOM go through SimpleITK (LPS geometry converted to RAS in
+:mod:`RegSegLib.geometry`). Every writer writes to a temporary name beside the target and renames it,
+so a failed write leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from RegSegLib import geometry
+from RegSegLib.errors import InputError
+from RegSegLib.volume import Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+
+def full_suffix(path: str | os.PathLike) -> str:
+    """Lower-case suffix including ``.gz`` (``.nii.gz``, ``.nrrd``, ...)."""
+    name = Path(path).name.lower()
+    if name.endswith(".gz"):
+        return "".join(Path(name).suffixes[-2:])
+    return Path(name).suffix
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary file name beside ``path`` (same suffix) and renames it to ``path`` on success.
+
+    Raises:
+        InputError: when the folder does not exist or cannot be written.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(folder, "output folder does not exist")
+    suffix = full_suffix(target)
+    try:
+        handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=folder)
+    except OSError as exc:
+        raise InputError(folder, f"output folder cannot be written ({exc.strerror})") from exc
+    os.close(handle)
+    try:
+        yield temp
+        os.replace(temp, target)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise InputError(path, "file cannot be read (permission denied)")
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Reads a 3D or 4D volume.
+
+    Args:
+        path: a NIfTI, NRRD, MHA/MHD file or a folder holding one DICOM series.
+
+    Returns:
+        Volume ``[C, K, J, I]``; integer files stay integer, scaled or float files become float32.
+
+    Raises:
+        InputError: missing, unreadable, unsupported or 2D input.
+    """
+    path = Path(path)
+    _check_exists(path)
+    if path.is_dir():
+        volume = _read_dicom_series(path)
+    else:
+        suffix = full_suffix(path)
+        if suffix in NIFTI_SUFFIXES:
+            volume = _read_nifti(path)
+        elif suffix in ITK_SUFFIXES or suffix == ".dcm":
+            volume = _read_with_sitk(path)
+        else:
+            raise InputError(
+                path, f"unsupported format {suffix or '(no suffix)'}; use NIfTI, NRRD, MHA/MHD or a DICOM folder"
+            )
+    volume.meta["path"] = str(path)
+    return volume
+
+
+def _read_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        raw = np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(path, f"cannot read NIfTI file ({exc})") from exc
+    if raw.ndim < 3 or (raw.ndim == 3 and 1 in raw.shape[:2] and raw.shape[2] == 1):
+        raise InputError(path, f"is a 2D image of shape {raw.shape}; a 3D volume is needed")
+    if raw.ndim == 5 and raw.shape[3] == 1:
+        raw = raw[:, :, :, 0, :]
+    if raw.ndim > 4:
+        raise InputError(path, f"has {raw.ndim} dimensions {raw.shape}; a 3D or 4D volume is needed")
+    if raw.ndim == 3:
+        raw = raw[..., None]
+    data = np.ascontiguousarray(np.transpose(raw, (3, 2, 1, 0)))
+    data = _torch_friendly(data)
+    return Volume(torch.from_numpy(data), np.asarray(image.affine, dtype=np.float64))
+
+
+def _torch_friendly(data: np.ndarray) -> np.ndarray:
+    if data.dtype == np.bool_:
+        return data.astype(np.uint8)
+    if data.dtype in (np.uint16, np.uint32, np.uint64):
+        return data.astype(np.int64 if data.dtype != np.uint16 else np.int32)
+    if np.issubdtype(data.dtype, np.floating) and data.dtype != np.float32:
+        return data.astype(np.float32)
+    return data
+
+
+def _sitk_to_volume(image, path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    dimension = image.GetDimension()
+    if dimension == 2:
+        raise InputError(path, f"is a 2D image of size {image.GetSize()}; a 3D volume is needed")
+    if dimension > 4:
+        raise InputError(path, f"has {dimension} dimensions; a 3D or 4D volume is needed")
+    array = sitk.GetArrayFromImage(image)
+    if dimension == 4:
+        origin, spacing = image.GetOrigin()[:3], image.GetSpacing()[:3]
+        direction = np.asarray(image.GetDirection()).reshape(4, 4)[:3, :3].reshape(-1)
+        data = array if image.GetNumberOfComponentsPerPixel() == 1 else None
+        if data is None:
+            raise InputError(path, "4D vector images are not supported")
+    else:
+        origin, spacing, direction = image.GetOrigin(), image.GetSpacing(), image.GetDirection()
+        data = array[None] if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(array, -1, 0)
+    data = _torch_friendly(np.ascontiguousarray(data))
+    return Volume(torch.from_numpy(data), geometry.ijk_to_ras_from_itk(origin, spacing, direction))
+
+
+def _read_with_sitk(path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+        raise InputError(path, f"cannot read image ({reason[:200]})") from exc
+    return _sitk_to_volume(image, path)
+
+
+def _read_dicom_series(folder: Path) -> Volume:
+    import SimpleITK as sitk
+
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise InputError(folder, "folder holds no DICOM series")
+    if len(series) > 1:
+        raise InputError(folder, f"folder holds {len(series)} DICOM series ({', '.join(series)}); give one series folder")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(folder, f"cannot read DICOM series ({str(exc).strip().splitlines()[-1][:200]})") from exc
+    if image.GetDimension() == 3 and image.GetSize()[2] == 1:
+        raise InputError(folder, "DICOM series has a single slice; a 3D volume is needed")
+    return _sitk_to_volume(image, folder)
+
+
+def write_volume(volume: Volume, path: str | os.PathLike) -> None:
+    """Writes a volume; NIfTI through nibabel, NRRD/MHA through SimpleITK, atomically.
+
+    Integer volumes are written as integers (int16/uint8/int32 as the values need), float as float32.
+
+    Raises:
+        InputError: unsupported suffix or unwritable folder.
+    """
+    path = Path(path)
+    suffix = full_suffix(path)
+    if suffix not in VOLUME_SUFFIXES:
+        raise InputError(path, f"unsupported output format {suffix or '(no suffix)'}; use .nii.gz, .nrrd or .mha")
+    data = volume.data.detach().cpu().numpy()
+    data = _storage_dtype(data)
+    with atomic_output(path) as temp:
+        if suffix in NIFTI_SUFFIXES:
+            _write_nifti(data, volume.ijk_to_ras, temp)
+        else:
+            _write_with_sitk(data, volume.ijk_to_ras, temp)
+
+
+def _storage_dtype(data: np.ndarray) -> np.ndarray:
+    if np.issubdtype(data.dtype, np.floating):
+        return data.astype(np.float32)
+    if data.size == 0:
+        return data.astype(np.int16)
+    low, high = int(data.min()), int(data.max())
+    for dtype in (np.uint8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return data.astype(dtype)
+    return data.astype(np.int64)
+
+
+def _write_nifti(data: np.ndarray, ijk_to_ras: np.ndarray, filename: str) -> None:
+    import nibabel as nib
+
+    array = np.transpose(data, (3, 2, 1, 0))
+    if array.shape[3] == 1:
+        array = array[..., 0]
+    image = nib.Nifti1Image(np.ascontiguousarray(array), ijk_to_ras)
+    image.set_sform(ijk_to_ras, code=1)
+    image.set_qform(ijk_to_ras, code=1)
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, filename)
+
+
+def volume_to_sitk(volume_data: np.ndarray, ijk_to_ras: np.ndarray, vector: bool = False):
+    """A SimpleITK image from ``[C, K, J, I]`` data (one channel, or ``vector=True`` for a vector image)."""
+    import SimpleITK as sitk
+
+    if vector:
+        image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(volume_data, 0, -1)), isVector=True)
+    else:
+        if volume_data.shape[0] != 1:
+            raise ValueError(f"expected one channel, got {volume_data.shape[0]}")
+        image = sitk.GetImageFromArray(np.ascontiguousarray(volume_data[0]))
+    origin, spacing, direction = geometry.itk_geometry_from_ijk_to_ras(ijk_to_ras)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def _write_with_sitk(data: np.ndarray, ijk_to_ras: np.ndarray, filename: str) -> None:
+    import SimpleITK as sitk
+
+    image = volume_to_sitk(data, ijk_to_ras, vector=data.shape[0] > 1)
+    sitk.WriteImage(image, filename, useCompression=True)
+
+
+def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Reads landmarks as RAS millimetre points.
+
+    Supported:
+        * CSV with a header. Paired columns ``fixed_R,fixed_A,fixed_S,moving_R,moving_A,moving_S``
+          give ``{"fixed", "moving"}``; columns ``R,A,S`` (or ``L,P,S``, flipped to RAS) give
+          ``{"points"}``.
+        * Slicer markups JSON (``.mrk.json``, ``.json``) in RAS or LPS: ``{"points"}``.
+        * Slicer ``.fcsv`` (RAS or LPS per its header): ``{"points"}``.
+
+    Returns:
+        dict of ``[N, 3]`` float64 arrays.
+
+    Raises:
+        InputError: missing file, unknown layout or non-numeric values.
+    """
+    path = Path(path)
+    _check_exists(path)
+    name = path.name.lower()
+    try:
+        if name.endswith(".json"):
+            return {"points": _read_markups_json(path)}
+        if name.endswith(".fcsv"):
+            return {"points": _read_fcsv(path)}
+        if name.endswith(".csv"):
+            return _read_landmark_csv(path)
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"cannot read landmarks ({exc})") from exc
+    raise InputError(path, "unsupported landmark format; use .csv, .fcsv or Slicer .mrk.json")
+
+
+def _read_landmark_csv(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise InputError(path, "landmark file holds no points")
+    columns = [c.strip() for c in rows[0].keys()]
+
+    def take(names: list[str]) -> np.ndarray:
+        return np.array([[float(row[n]) for n in names] for row in rows], dtype=np.float64)
+
+    if all(f"{side}_{axis}" in columns for side in ("fixed", "moving") for axis in "RAS"):
+        return {"fixed": take(["fixed_R", "fixed_A", "fixed_S"]), "moving": take(["moving_R", "moving_A", "moving_S"])}
+    if all(c in columns for c in "RAS"):
+        return {"points": take(["R", "A", "S"])}
+    if all(c in columns for c in "LPS"):
+        return {"points": geometry.lps_to_ras_points(take(["L", "P", "S"]))}
+    raise InputError(path, f"unknown landmark columns {columns}; expected R,A,S or fixed_R..moving_S")
+
+
+def _read_markups_json(path: Path) -> np.ndarray:
+    content = json.loads(path.read_text())
+    points = []
+    for markup in content.get("markups", []):
+        system = markup.get("coordinateSystem", "LPS").upper()
+        for control_point in markup.get("controlPoints", []):
+            position = np.asarray(control_point["position"], dtype=np.float64)
+            points.append(geometry.lps_to_ras_points(position) if system == "LPS" else position)
+    if not points:
+        raise InputError(path, "markups file holds no control points")
+    return np.stack(points)
+
+
+def _read_fcsv(path: Path) -> np.ndarray:
+    system = "RAS"
+    points = []
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            if "CoordinateSystem" in line:
+                value = line.split("=")[-1].strip().upper()
+                system = "LPS" if value in ("LPS", "1") else "RAS"
+            continue
+        if line.strip():
+            fields = line.split(",")
+            points.append([float(v) for v in fields[1:4]])
+    if not points:
+        raise InputError(path, "markups file holds no control points")
+    array = np.asarray(points, dtype=np.float64)
+    return geometry.lps_to_ras_points(array) if system == "LPS" else array
+
+
+def write_landmarks_json(points_ras: np.ndarray, path: str | os.PathLike, labels: list[str] | None = None) -> None:
+    """Writes ``[N, 3]`` RAS points as a Slicer markups fiducial file (``.mrk.json``, coordinates in LPS)."""
+    points_lps = geometry.ras_to_lps_points(np.asarray(points_ras, dtype=np.float64).reshape(-1, 3))
+    control_points = [
+        {"id": str(n + 1), "label": labels[n] if labels else f"F-{n + 1}", "position": [float(v) for v in p]}
+        for n, p in enumerate(points_lps)
+    ]
+    content = {
+        "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
+        "markups": [{"type": "Fiducial", "coordinateSystem": "LPS", "controlPoints": control_points}],
+    }
+    with atomic_output(path) as temp:
+        Path(temp).write_text(json.dumps(content, indent=2))

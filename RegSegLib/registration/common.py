@@ -1,0 +1,95 @@
+"""What every registration method shares: device choice, progress and cancellation, memory estimates."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable, Optional
+
+import torch
+
+from RegSegLib.errors import RegSegError
+
+ProgressCallback = Callable[[float, str], None]
+"""``callback(fraction in [0, 1], message)``; the CLI turns it into a bar or ``PROGRESS`` lines."""
+
+
+class Cancelled(RegSegError):
+    """Raised inside a method when its cancel event is set."""
+
+
+class Progress:
+    """Reports progress of a job made of weighted stages and checks for cancellation.
+
+    Args:
+        callback: receives ``(fraction, message)``; ``None`` reports nothing.
+        cancel: an event; once set, the next :meth:`update` raises :class:`Cancelled`.
+        start: fraction where this job starts inside a larger one.
+        span: share of the larger job this job covers.
+    """
+
+    def __init__(
+        self,
+        callback: Optional[ProgressCallback] = None,
+        cancel: Optional[threading.Event] = None,
+        start: float = 0.0,
+        span: float = 1.0,
+    ) -> None:
+        self.callback = callback
+        self.cancel = cancel
+        self.start = start
+        self.span = span
+
+    def update(self, fraction: float, message: str = "") -> None:
+        """Reports ``fraction`` (0..1) of this job done; raises :class:`Cancelled` when asked to stop."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("cancelled by the user")
+        if self.callback is not None:
+            self.callback(min(max(self.start + self.span * fraction, 0.0), 1.0), message)
+
+    def sub(self, start: float, span: float) -> "Progress":
+        """A progress reporter for the part ``[start, start + span]`` of this job."""
+        return Progress(self.callback, self.cancel, self.start + self.span * start, self.span * span)
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error.
+
+    Raises:
+        RegSegError: unknown name or CUDA asked for but not available.
+    """
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RegSegError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise RegSegError(f"unknown device {name!r}; use auto, cpu or cuda")
+
+
+def check_memory(required_bytes: int, device: torch.device, what: str) -> None:
+    """Fails early, with the estimate, when a job will not fit in the device's free memory.
+
+    Raises:
+        RegSegError: the estimate exceeds what is available.
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        try:
+            import psutil
+
+            free = psutil.virtual_memory().available
+        except ImportError:
+            import os
+
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if required_bytes > free:
+        raise RegSegError(
+            f"{what} needs about {required_bytes / 2**30:.1f} GiB on {device.type} but only "
+            f"{free / 2**30:.1f} GiB is free; use a coarser working resolution"
+        )
