@@ -90,7 +90,8 @@ def test_rotation_about_s_by_90_degrees(make_volume, kind):
     back[:3, 3] = -centre
     transform = AffineTransform(matrix @ rotation @ back)
     warped_ras, _ = centroid(resample(moving, moving, transform))
-    # T(x) = c + R (x - c) with R (x, y) = (-y, x): the moving blob at c + 6 R is read at x = c + R^T (6, 0, 0) = c - 6 A.
+    # T(x) = c + R (x - c) with R (x, y) = (-y, x): the moving blob at c + 6 mm R is read where
+    # T(x) reaches it, x = c + R^T (6, 0, 0) = c - 6 mm A.
     np.testing.assert_allclose(warped_ras, centre + np.array([0.0, -6.0, 0.0]), atol=0.05)
 
 
@@ -184,4 +185,5 @@ def test_affine_composition_order_t_r_s_h_about_centre():
 def test_rotation_parameter_is_right_handed_about_s():
     params = torch.tensor([[0.0, 0.0, np.pi / 2, 0.0, 0.0, 0.0]], dtype=torch.float64)
     matrix = affine_families.parameters_to_matrix(params, "rigid")[0].numpy()
-    np.testing.assert_allclose(geometry.transform_points(matrix, np.array([1.0, 0.0, 0.0])), [0.0, 1.0, 0.0], atol=1e-12)
+    rotated = geometry.transform_points(matrix, np.array([1.0, 0.0, 0.0]))
+    np.testing.assert_allclose(rotated, [0.0, 1.0, 0.0], atol=1e-12)

@@ -1,0 +1,291 @@
+"""Reading and writing transforms: ITK transform files and displacement field images.
+
+Every transform RegSegLib reads or writes maps fixed points to moving points in RAS millimetres
+(:mod:`RegSegLib.transforms`). ITK files hold the same direction (ITK's resampling transform, which
+Slicer loads as "transform from parent") in LPS millimetres; the conversion happens here only:
+matrices through :func:`RegSegLib.geometry.ras_to_lps_matrix`, displacement vectors by flipping
+their first two components.
+
+Formats:
+    * ITK transform files ``.tfm``, ``.txt``, ``.h5``/``.hdf5``, ``.mat`` through SimpleITK:
+      affine (``AffineTransform_double_3_3``), displacement field and composite transforms (ITK
+      order, the last part applied first, as :class:`RegSegLib.transforms.CompositeTransform`).
+      Reading also accepts every other 3D linear kind (Euler, similarity, versor, scale, translation,
+      ...), converted to a 4x4 matrix.
+    * Displacement field images (``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``), written as ITK and
+      Slicer read them:
+
+      - NIfTI: 5D ``[I, J, K, 1, 3]`` with ``intent_code`` 1006 (``NIFTI_INTENT_DISPVECT``). The
+        vectors in the file are in the NIfTI world frame (RAS), which ITK (>= 5.3) converts to LPS
+        when it reads a ``NIFTI_INTENT_DISPVECT`` file. NIfTI vector files of other intents (for
+        example ANTs warps, intent 1007) hold LPS vectors and are read as such by SimpleITK.
+      - NRRD: ``kinds: vector domain domain domain``, ``space: left-posterior-superior`` with LPS
+        vectors and ``intent_code:=1006``.
+
+      Reading goes through SimpleITK, so every file means exactly what ITK reads from it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from RegSegLib import geometry
+from RegSegLib.errors import InputError
+from RegSegLib.io.volumes import atomic_output, full_suffix
+from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField
+
+TRANSFORM_FILE_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
+FIELD_READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+FIELD_WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+NIFTI_INTENT_DISPVECT = 1006
+
+AnyTransform = AffineTransform | DisplacementField | CompositeTransform
+
+
+def read_transform(path: str | os.PathLike) -> AnyTransform:
+    """Reads a fixed-to-moving transform from an ITK transform file or a displacement field image.
+
+    Args:
+        path: ``.tfm``/``.txt``/``.h5``/``.hdf5``/``.mat`` ITK transform file, or a displacement field
+            image ``.nii``/``.nii.gz``/``.nrrd``/``.nhdr``/``.mha``/``.mhd`` (3 components per voxel).
+
+    Returns:
+        :class:`AffineTransform` (4x4 RAS), :class:`DisplacementField` (``[3, K, J, I]`` float32
+        RAS mm on its grid) or :class:`CompositeTransform` (ITK order; nested composites flattened,
+        a composite of one part returned as that part).
+
+    Raises:
+        InputError: missing or unreadable file, unsupported suffix or transform kind, 2D transform,
+            or an image that is not a 3D displacement field.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise InputError(path, "is not a readable file")
+    suffix = full_suffix(path)
+    if suffix in TRANSFORM_FILE_SUFFIXES:
+        return _read_itk_transform_file(path)
+    if suffix in FIELD_READ_SUFFIXES:
+        return _read_displacement_image(path)
+    raise InputError(
+        path,
+        f"unsupported transform format {suffix or '(no suffix)'}; use an ITK transform file "
+        f"(.tfm, .txt, .h5) or a displacement field (.nii.gz, .nrrd)",
+    )
+
+
+def write_transform(transform: AnyTransform, path: str | os.PathLike) -> None:
+    """Writes a fixed-to-moving transform, atomically.
+
+    Args:
+        transform: affine, displacement field or composite (ITK order) transform.
+        path: ITK transform file (``.tfm``, ``.txt``, ``.h5``, ``.hdf5``, ``.mat``) for any kind, or a
+            displacement field image (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``) for a
+            :class:`DisplacementField` (or a composite that simplifies to one).
+
+    Raises:
+        InputError: unsupported suffix, a transform kind the format cannot hold, or an unwritable folder.
+    """
+    import SimpleITK as sitk
+
+    path = Path(path)
+    suffix = full_suffix(path)
+    if suffix in TRANSFORM_FILE_SUFFIXES:
+        itk_transform = to_sitk_transform(transform)
+        with atomic_output(path) as temp:
+            sitk.WriteTransform(itk_transform, temp)
+        return
+    if suffix in FIELD_WRITE_SUFFIXES:
+        if isinstance(transform, CompositeTransform):
+            transform = transform.simplified()
+        if not isinstance(transform, DisplacementField):
+            raise InputError(
+                path,
+                f"a {type(transform).__name__} cannot be stored as a displacement field image; "
+                f"use an ITK transform file (.tfm, .h5)",
+            )
+        with atomic_output(path) as temp:
+            if suffix in (".nii", ".nii.gz"):
+                _write_nifti_field(transform, temp)
+            else:
+                _write_sitk_field(transform, temp)
+        return
+    raise InputError(
+        path,
+        f"unsupported transform format {suffix or '(no suffix)'}; use .tfm, .txt, .h5 "
+        f"or a displacement field .nii.gz / .nrrd",
+    )
+
+
+def to_sitk_transform(transform: AnyTransform):
+    """The SimpleITK transform (LPS) equivalent to a RegSegLib transform (RAS).
+
+    Args:
+        transform: affine, displacement field or composite transform.
+
+    Returns:
+        ``sitk.AffineTransform``, ``sitk.DisplacementFieldTransform`` or ``sitk.CompositeTransform``
+        (same part order), usable with ``sitk.Resample(moving, fixed, tx)``.
+    """
+    import SimpleITK as sitk
+
+    if isinstance(transform, AffineTransform):
+        lps = geometry.ras_to_lps_matrix(transform.matrix)
+        affine = sitk.AffineTransform(3)
+        affine.SetMatrix(tuple(float(v) for v in lps[:3, :3].reshape(-1)))
+        affine.SetTranslation(tuple(float(v) for v in lps[:3, 3]))
+        return affine
+    if isinstance(transform, DisplacementField):
+        return sitk.DisplacementFieldTransform(displacement_field_to_sitk(transform))
+    if isinstance(transform, CompositeTransform):
+        return sitk.CompositeTransform([to_sitk_transform(part) for part in transform.flattened()])
+    raise TypeError(f"cannot convert {type(transform).__name__} to an ITK transform")
+
+
+def displacement_field_to_sitk(field: DisplacementField):
+    """A ``sitkVectorFloat64`` image of the field with LPS vectors and LPS geometry (ITK's convention)."""
+    import SimpleITK as sitk
+
+    vectors = field.field.detach().cpu().double().numpy()
+    vectors = np.moveaxis(vectors, 0, -1).copy()
+    vectors[..., :2] *= -1.0
+    image = sitk.GetImageFromArray(vectors, isVector=True)
+    origin, spacing, direction = geometry.itk_geometry_from_ijk_to_ras(field.ijk_to_ras)
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    return image
+
+
+def from_sitk_transform(itk_transform, path: str | os.PathLike | None = None) -> AnyTransform:
+    """Converts a 3D SimpleITK transform (LPS) to a RegSegLib transform (RAS).
+
+    Args:
+        itk_transform: any 3D linear transform, a displacement field transform or a composite of those.
+        path: file the transform came from, named in errors.
+
+    Raises:
+        InputError: 2D transforms, B-splines and other non-linear kinds other than displacement fields.
+    """
+    import SimpleITK as sitk
+
+    if itk_transform.GetDimension() != 3:
+        raise InputError(path, f"is a {itk_transform.GetDimension()}D transform; a 3D transform is needed")
+    itk_transform = itk_transform.Downcast()
+    name = itk_transform.GetName()
+    if isinstance(itk_transform, sitk.CompositeTransform):
+        parts = [
+            from_sitk_transform(itk_transform.GetNthTransform(n), path)
+            for n in range(itk_transform.GetNumberOfTransforms())
+        ]
+        if not parts:
+            raise InputError(path, "holds an empty composite transform")
+        composite = CompositeTransform(parts)
+        flat = composite.flattened()
+        return flat[0] if len(flat) == 1 else CompositeTransform(flat)
+    if isinstance(itk_transform, sitk.DisplacementFieldTransform):
+        return _field_from_sitk_image(itk_transform.GetDisplacementField(), path)
+    if isinstance(itk_transform, sitk.BSplineTransform):
+        raise InputError(
+            path, "holds a B-spline transform, which RegSeg does not read; convert it to a displacement field"
+        )
+    if not itk_transform.IsLinear():
+        raise InputError(path, f"holds an ITK {name}, which RegSeg does not read; use affine or displacement field")
+    return AffineTransform(geometry.lps_to_ras_matrix(_linear_matrix_lps(itk_transform)))
+
+
+def _linear_matrix_lps(itk_transform) -> np.ndarray:
+    """The 4x4 LPS matrix of any linear SimpleITK transform, from the images of the origin and unit vectors."""
+    origin = np.asarray(itk_transform.TransformPoint((0.0, 0.0, 0.0)), dtype=np.float64)
+    matrix = np.eye(4)
+    for axis in range(3):
+        unit = [0.0, 0.0, 0.0]
+        unit[axis] = 1.0
+        matrix[:3, axis] = np.asarray(itk_transform.TransformPoint(tuple(unit)), dtype=np.float64) - origin
+    matrix[:3, 3] = origin
+    return matrix
+
+
+def _read_itk_transform_file(path: Path) -> AnyTransform:
+    import SimpleITK as sitk
+
+    try:
+        itk_transform = sitk.ReadTransform(str(path))
+    except RuntimeError as exc:
+        reason = _last_line(exc)
+        raise InputError(path, f"is not a readable ITK transform file ({reason})") from exc
+    return from_sitk_transform(itk_transform, path)
+
+
+def _read_displacement_image(path: Path) -> DisplacementField:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot read displacement field image ({_last_line(exc)})") from exc
+    return _field_from_sitk_image(image, path)
+
+
+def _field_from_sitk_image(image, path: str | os.PathLike | None) -> DisplacementField:
+    import SimpleITK as sitk
+
+    components = image.GetNumberOfComponentsPerPixel()
+    if image.GetDimension() != 3:
+        raise InputError(
+            path, f"is a {image.GetDimension()}D image; a displacement field is a 3D image of 3-component vectors"
+        )
+    if components != 3:
+        raise InputError(
+            path,
+            f"is an image with {components} component(s) per voxel, not a displacement field "
+            f"(3-component vectors per voxel)",
+        )
+    vectors = sitk.GetArrayFromImage(image).astype(np.float64)
+    vectors[..., :2] *= -1.0
+    field = torch.from_numpy(np.ascontiguousarray(np.moveaxis(vectors, -1, 0)).astype(np.float32))
+    ijk_to_ras = geometry.ijk_to_ras_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    return DisplacementField(field, ijk_to_ras)
+
+
+def _storage_array(field: DisplacementField) -> np.ndarray:
+    """Field values as float32 (float64 kept), ``[3, K, J, I]`` RAS."""
+    values = field.field.detach().cpu()
+    return values.numpy().astype(np.float64 if values.dtype == torch.float64 else np.float32)
+
+
+def _write_nifti_field(field: DisplacementField, filename: str) -> None:
+    import nibabel as nib
+
+    ras = _storage_array(field)
+    array = np.transpose(ras, (3, 2, 1, 0))[:, :, :, None, :]
+    image = nib.Nifti1Image(np.ascontiguousarray(array), field.ijk_to_ras)
+    image.set_sform(field.ijk_to_ras, code=1)
+    image.set_qform(field.ijk_to_ras, code=1)
+    image.header.set_intent(NIFTI_INTENT_DISPVECT, (), name="DISPVECT")
+    image.header.set_xyzt_units("mm", "sec")
+    nib.save(image, filename)
+
+
+def _write_sitk_field(field: DisplacementField, filename: str) -> None:
+    import SimpleITK as sitk
+
+    image = displacement_field_to_sitk(field)
+    if _storage_array(field).dtype == np.float32:
+        image = sitk.Cast(image, sitk.sitkVectorFloat32)
+    image.SetMetaData("intent_code", str(NIFTI_INTENT_DISPVECT))
+    sitk.WriteImage(image, filename, useCompression=True)
+
+
+def _last_line(exc: Exception) -> str:
+    """The last line of an ITK exception without its ``ITK ERROR: Class(0x...):`` prefix."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return "unknown reason"
+    return re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\):\s*", "", lines[-1])[:200]
