@@ -1,0 +1,7 @@
+"""``python -m RegSegLib ...`` runs the ``regseg`` command (:mod:`RegSegLib.cli`)."""
+
+import sys
+
+from RegSegLib.cli import main
+
+sys.exit(main())
