@@ -1,0 +1,19 @@
+"""RegSegSlicerLib: the Slicer-side glue of the RegSeg modules.
+
+Nothing here contains an algorithm; the work is done by RegSegLib in a child process.
+
+* :mod:`RegSegSlicerLib.process`: the background job runner (``python -m RegSegLib.cli ...``) with
+  ``PROGRESS`` parsing, a log, cancellation of the whole process tree and readable failures. Qt-free:
+  a ``qt.QTimer`` drives :meth:`~RegSegSlicerLib.process.ChildProcess.poll` in the GUI, a plain loop in
+  batch use and tests.
+* :mod:`RegSegSlicerLib.nodes`: MRML nodes to files and back (volumes, label maps, segmentations,
+  transforms, tables), using only MRML classes and storage nodes.
+* :mod:`RegSegSlicerLib.registration`: one registration job: export the inputs, run ``regseg register``,
+  load the results into the chosen output nodes; its state machine.
+* :mod:`RegSegSlicerLib.dependencies`: torch through the PyTorch extension and the other Python
+  packages, installed on first use with confirmation.
+* :mod:`RegSegSlicerLib.paths`: where RegSegLib lives (installed beside the modules, or a source
+  checkout) and which Python runs it.
+
+Importing this package imports neither Qt, nor VTK, nor torch.
+"""

@@ -1,0 +1,133 @@
+"""Batch registration in Slicer: loads two volumes, runs RegSegRegistrationLogic, saves the results, exits with a status.
+
+    Slicer --no-splash --no-main-window --python-script Scripts/slicer_register.py \\
+        --fixed F --moving M --output-dir D [--method affine|deformable] [--transform rigid|...|affine] \\
+        [--metric M] [--device auto|cpu|cuda] [--install-dependencies]
+
+Writes ``D/transform.h5`` (the output transform node: fixed -> moving, "transform from parent"),
+``D/warped.nrrd`` (the moving volume on the fixed grid) and keeps RegSeg's own result folder in
+``D/regseg`` (``metrics.json``, ``qc.png``, ...). Exit codes: 0 success, 1 registration failed, 2 bad arguments
+or inputs. Also runs with plain Python when the ``slicer-core`` package provides the MRML classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MODULE_FOLDER = Path(__file__).resolve().parents[1] / "RegSeg"
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="slicer_register.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fixed", required=True, help="fixed volume file")
+    parser.add_argument("--moving", required=True, help="moving volume file")
+    parser.add_argument("--output-dir", required=True, help="folder for transform.h5, warped.nrrd and regseg/")
+    parser.add_argument("--method", choices=("affine", "deformable"), default="affine")
+    parser.add_argument("--transform", choices=("rigid", "similarity", "anisotropic", "affine"), default="affine")
+    parser.add_argument("--metric", choices=("lncc", "ncc", "mse", "mi", "mind"), default=None)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--install-dependencies", action="store_true", help="install missing Python packages first")
+    return parser.parse_args(argv)
+
+
+def module_logic():
+    """RegSegRegistrationLogic: from the loaded module in Slicer, else imported from this checkout.
+
+    Returns ``None`` outside the Slicer application (no Qt): the caller then runs the same
+    :class:`RegSegSlicerLib.registration.RegistrationJob` the Logic runs.
+    """
+    import slicer
+
+    modules = getattr(slicer, "modules", None)
+    if modules is not None and hasattr(modules, "regsegregistration"):
+        return slicer.util.getModuleLogic("RegSegRegistration")
+    if getattr(slicer, "app", None) is None:
+        return None
+    from RegSegRegistration import RegSegRegistrationLogic
+
+    return RegSegRegistrationLogic()
+
+
+def register(logic, scene, fixed, moving, **options):
+    """Runs the registration through the Logic, or through its job runner outside the application."""
+    if logic is not None:
+        return logic.register(fixed, moving, scene=scene, **options)
+    from RegSegSlicerLib.registration import RegistrationJob, RegistrationRequest
+
+    callbacks = {key: options.pop(key) for key in ("on_progress", "on_log", "result_dir")}
+    job = RegistrationJob(scene, RegistrationRequest(fixed, moving, **options), **callbacks)
+    return job.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    import slicer
+
+    if getattr(slicer, "mrmlScene", None) is None:
+        slicer.mrmlScene = slicer.vtkMRMLScene()
+    scene = slicer.mrmlScene
+    if str(MODULE_FOLDER) not in sys.path:
+        sys.path.insert(0, str(MODULE_FOLDER))
+    from RegSegSlicerLib import nodes
+    from RegSegSlicerLib.registration import RegistrationError
+
+    for path in (args.fixed, args.moving):
+        if not Path(path).exists():
+            print(f"slicer_register: error: {path}: file not found", file=sys.stderr)
+            return 2
+    try:
+        fixed = nodes.add_volume_file(scene, args.fixed, "fixed")
+        moving = nodes.add_volume_file(scene, args.moving, "moving")
+    except RuntimeError as exc:
+        print(f"slicer_register: error: {exc}", file=sys.stderr)
+        return 2
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    logic = module_logic()
+    try:
+        if args.install_dependencies and logic is not None:
+            logic.setup_dependencies(interactive=False)
+        outputs = register(
+            logic,
+            scene,
+            fixed,
+            moving,
+            on_progress=lambda fraction, message: print(f"PROGRESS {fraction:.4f} {message}", flush=True),
+            on_log=lambda line: print(line, flush=True),
+            result_dir=str(output_dir / "regseg"),
+            method=args.method,
+            transform_family=args.transform,
+            metric=args.metric,
+            device=args.device,
+            output_volume=scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped"),
+        )
+    except ValueError as exc:
+        print(f"slicer_register: error: {exc}", file=sys.stderr)
+        return 2
+    except RegistrationError as exc:
+        print(f"slicer_register: error: {exc}", file=sys.stderr)
+        return 1
+    nodes.write_transform_node(outputs.transform_node, output_dir / "transform.h5")
+    nodes.write_volume_node(outputs.volume_node, output_dir / "warped.nrrd")
+    print(f"slicer_register: wrote {output_dir / 'transform.h5'}, {output_dir / 'warped.nrrd'}", flush=True)
+    return 0
+
+
+def exit_with(code: int) -> None:
+    """Ends the process: ``slicer.util.exit`` inside the Slicer application, ``sys.exit`` elsewhere."""
+    import slicer
+
+    if getattr(slicer, "app", None) is not None:
+        slicer.util.exit(code)
+    else:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    try:
+        arguments = parse_arguments(sys.argv[1:])
+    except SystemExit as exc:
+        exit_with(int(exc.code or 0))
+    else:
+        exit_with(run(arguments))

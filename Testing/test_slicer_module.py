@@ -1,0 +1,261 @@
+"""The Slicer extension's files: every module file imports (with named stand-ins for Slicer's Qt-side modules),
+every ``ui.<name>`` the code uses is in the .ui XML, every file CMake lists exists, the catalog entry and icon are
+right, and the background runner handles progress, logs, failures and cancellation (small Python children)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import textwrap
+import threading
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from slicer_standins import MODULE_FOLDER, REPOSITORY_ROOT, import_file, slicer_module_standins
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without Qt) is not installed")
+
+MODULE_FILES = sorted(MODULE_FOLDER.glob("*.py"))
+LIBRARY_FILES = sorted((MODULE_FOLDER / "RegSegSlicerLib").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULE_FILES + LIBRARY_FILES, ids=lambda p: p.name)
+def test_every_module_file_imports_without_torch(path):
+    torch_loaded = "torch" in sys.modules
+    with slicer_module_standins():
+        module = import_file(path)
+    assert module.__doc__
+    if not torch_loaded:
+        assert "torch" not in sys.modules
+
+
+def test_module_follows_the_scripted_module_template():
+    with slicer_module_standins():
+        module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
+        from slicer.ScriptedLoadableModule import (
+            ScriptedLoadableModule,
+            ScriptedLoadableModuleLogic,
+            ScriptedLoadableModuleTest,
+            ScriptedLoadableModuleWidget,
+        )
+
+    assert issubclass(module.RegSegRegistration, ScriptedLoadableModule)
+    assert issubclass(module.RegSegRegistrationWidget, ScriptedLoadableModuleWidget)
+    assert issubclass(module.RegSegRegistrationLogic, ScriptedLoadableModuleLogic)
+    assert issubclass(module.RegSegRegistrationTest, ScriptedLoadableModuleTest)
+
+    class Parent:
+        pass
+
+    parent = Parent()
+    module.RegSegRegistration(parent)
+    assert parent.categories == ["Registration"] and "fixed points to moving points" in parent.helpText
+    assert set(module.RegSegRegistrationParameterNode.parameter_names) >= {"fixed_volume", "moving_volume", "output_transform"}
+
+
+def ui_names(path: Path) -> dict[str, str]:
+    return {widget.get("name"): widget.get("class") for widget in ET.parse(path).iter("widget")}
+
+
+def test_every_ui_name_the_code_uses_is_in_the_ui_file():
+    names = ui_names(MODULE_FOLDER / "Resources" / "UI" / "RegSegRegistration.ui")
+    code = (MODULE_FOLDER / "RegSegRegistration.py").read_text()
+    used = set(re.findall(r"\bui\.(\w+)", code))
+    assert used, "the widget uses no ui names?"
+    assert used <= set(names), sorted(used - set(names))
+
+
+def test_every_parameter_is_bound_to_a_widget():
+    tree = ET.parse(MODULE_FOLDER / "Resources" / "UI" / "RegSegRegistration.ui")
+    bound = {
+        prop.find("string").text
+        for prop in tree.iter("property")
+        if prop.get("name") == "SlicerParameterName"
+    }
+    with slicer_module_standins():
+        module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
+    assert bound == set(module.RegSegRegistrationParameterNode.parameter_names)
+
+
+def cmake_listed_files(cmake: Path) -> list[Path]:
+    text = cmake.read_text()
+    text = text.replace("${MODULE_NAME}", re.search(r"set\(MODULE_NAME (\w+)\)", text).group(1))
+    files = []
+    for block in re.findall(r"set\(MODULE_PYTHON_(?:SCRIPTS|RESOURCES)(.*?)\)", text, re.S):
+        files += [cmake.parent / token for token in block.split()]
+    return files
+
+
+def test_every_file_cmake_lists_exists_and_every_helper_is_listed():
+    listed = cmake_listed_files(MODULE_FOLDER / "CMakeLists.txt")
+    assert listed
+    missing = [str(p) for p in listed if not p.is_file()]
+    assert not missing
+    helpers = {p.relative_to(MODULE_FOLDER) for p in LIBRARY_FILES} | {p.relative_to(MODULE_FOLDER) for p in MODULE_FILES}
+    assert helpers <= {p.relative_to(MODULE_FOLDER) for p in listed}
+    top = (REPOSITORY_ROOT / "CMakeLists.txt").read_text()
+    for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
+        assert f"set(EXTENSION_{field} " in top
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in top and "project(RegSeg)" in top
+    assert "add_subdirectory(RegSeg)" in top and "RegSegLib/*.py" in top
+    assert (REPOSITORY_ROOT / "RegSegLib" / "__init__.py").is_file()
+
+
+def test_catalog_entry_license_and_icons():
+    entry = json.loads((REPOSITORY_ROOT / "Resources" / "RegSeg.json").read_text())
+    assert entry["category"] == "Registration" and entry["build_dependencies"] == ["PyTorch"]
+    assert entry["scm_url"].endswith("/SlicerRegSeg.git") and "$schema" in entry
+    assert "Apache License" in (REPOSITORY_ROOT / "LICENSE").read_text()
+    from PIL import Image
+
+    for icon in (MODULE_FOLDER / "Resources" / "Icons" / "RegSeg.png", REPOSITORY_ROOT / "Resources" / "Icons" / "RegSeg.png"):
+        assert Image.open(icon).size == (128, 128)
+
+
+def test_requirements_and_dependency_checks():
+    with slicer_module_standins():
+        from RegSegSlicerLib import dependencies
+
+    requirements = dependencies.read_requirements()
+    assert requirements and all(">=" in line for line in requirements)
+    assert not any(line.startswith("torch") for line in requirements)
+    versions = {"nibabel": "5.2.1", "scipy": "1.9.0"}
+
+    def version_of(name):
+        if name not in versions:
+            raise dependencies.importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    assert dependencies.missing_requirements(["nibabel>=5.0", "scipy>=1.10", "h5py>=3.8"], version_of) == [
+        "scipy>=1.10",
+        "h5py>=3.8",
+    ]
+    with pytest.raises(ValueError):
+        dependencies.parse_requirement("torch==2.1")
+
+
+def test_regseglib_is_found_beside_the_modules_or_in_the_checkout():
+    with slicer_module_standins():
+        from RegSegSlicerLib import paths
+
+    assert paths.regseglib_root() == REPOSITORY_ROOT
+    env = paths.child_environment({"PYTHONPATH": "/elsewhere"})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(REPOSITORY_ROOT), "/elsewhere"]
+    assert paths.python_executable() == sys.executable
+
+
+def test_state_machine_refuses_impossible_transitions():
+    with slicer_module_standins():
+        from RegSegSlicerLib.registration import FINAL_STATES, TRANSITIONS, JobState
+
+    assert TRANSITIONS[JobState.IMPORTING] == {JobState.IDLE, JobState.FAILED}
+    assert all(not TRANSITIONS[state] for state in FINAL_STATES)
+    assert JobState.IMPORTING not in TRANSITIONS[JobState.STARTING]
+
+
+# ------------------------------------------------------------------------------------------------ the runner
+
+
+def child(tmp_path: Path, body: str) -> list[str]:
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(body))
+    return [sys.executable, str(script)]
+
+
+def test_runner_turns_progress_lines_into_callbacks_and_the_rest_into_the_log(tmp_path):
+    from RegSegSlicerLib.process import ChildProcess
+
+    progress, log = [], []
+    args = child(
+        tmp_path,
+        """
+        import sys
+        print("PROGRESS 0.2500 level 1/3", flush=True)
+        print("hello", flush=True)
+        print("a warning", file=sys.stderr, flush=True)
+        print("PROGRESS 1.0000 done", flush=True)
+        """,
+    )
+    runner = ChildProcess(args, on_progress=lambda f, m: progress.append((f, m)), on_log=log.append, log_path=tmp_path / "log.txt")
+    runner.start()
+    assert runner.wait(0.02) == 0
+    assert progress == [(0.25, "level 1/3"), (1.0, "done")]
+    assert sorted(log) == ["a warning", "hello"]
+    assert "PROGRESS 0.2500 level 1/3" in (tmp_path / "log.txt").read_text()
+
+
+def test_runner_reports_the_last_error_line(tmp_path):
+    from RegSegSlicerLib.process import ChildProcess, ProcessFailed
+
+    args = child(
+        tmp_path,
+        """
+        import sys
+        print("regseg: error: /data/moving.nii.gz: file not found", file=sys.stderr)
+        print("some cleanup note", file=sys.stderr)
+        sys.exit(2)
+        """,
+    )
+    runner = ChildProcess(args)
+    runner.start()
+    with pytest.raises(ProcessFailed, match=r"^regseg: error: /data/moving.nii.gz: file not found$") as raised:
+        runner.wait(0.02)
+    assert raised.value.returncode == 2
+
+
+def running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie waiting to be reaped (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    return fields[0] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to see the process tree")
+def test_cancel_kills_the_whole_process_tree(tmp_path):
+    from RegSegSlicerLib.process import ChildProcess, ProcessCancelled
+
+    pid_file = tmp_path / "grandchild.pid"
+    args = child(
+        tmp_path,
+        f"""
+        import signal, subprocess, sys, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a child that ignores the polite request
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pid_file)!r}, "w").write(str(grandchild.pid))
+        print("PROGRESS 0.1000 working", flush=True)
+        time.sleep(60)
+        """,
+    )
+    started = threading.Event()
+    runner = ChildProcess(args, on_progress=lambda f, m: started.set())
+    runner.start()
+    while not started.is_set():
+        runner.poll()
+        started.wait(0.02)
+    canceller = threading.Thread(target=runner.cancel)
+    canceller.start()
+    canceller.join(timeout=2.0)
+    assert not canceller.is_alive()
+    assert runner.process.poll() is not None
+    grandchild = int(pid_file.read_text())
+    assert not running(grandchild)
+    with pytest.raises(ProcessCancelled):
+        runner.check()
+
+
+def test_batch_script_fails_with_one_line_and_status_2_on_a_missing_file(tmp_path):
+    import subprocess
+
+    completed = subprocess.run(
+        [sys.executable, str(REPOSITORY_ROOT / "Scripts" / "slicer_register.py"), "--fixed", str(tmp_path / "absent.nrrd"),
+         "--moving", str(tmp_path / "absent.nrrd"), "--output-dir", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1] == f"slicer_register: error: {tmp_path / 'absent.nrrd'}: file not found"
