@@ -375,7 +375,7 @@ def command_register(args: argparse.Namespace, report: Callable[[float, str], No
             labels_before = resample(moving_labels, fixed, None, mode="nearest")
             warped_labels = resample(moving_labels, fixed, result.transform, mode="nearest")
             write_volume(warped_labels, staging.file("warped_labels.nii.gz"))
-            dice_after = dice_per_label(fixed_labels.data[0], warped_labels.data[0])
+            dice_after = dice_per_label(fixed_labels.data[0], warped_labels.data[0], args.labels)
             dice_before = dice_per_label(fixed_labels.data[0], labels_before.data[0], list(dice_after))
             metrics["dice"] = {
                 "per_label": dice_after,
@@ -408,7 +408,7 @@ def _print_register_summary(metrics: dict[str, Any], written: list[Path]) -> Non
     similarity = metrics["similarity"]
     print(
         f"{PROG}: {metrics['method']} registration in {metrics['seconds']['total']:.1f} s on {metrics['device']}; "
-        f"{similarity['name']} {similarity['before']:.4f} -> {similarity['after']:.4f}"
+        f"{similarity['name']} {similarity['before']:.4g} -> {similarity['after']:.4g}"
     )
     if "dice" in metrics:
         print(f"{PROG}: mean Dice {metrics['dice']['mean_before']:.4f} -> {metrics['dice']['mean']:.4f}")
@@ -562,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--init", metavar="TRANSFORM", help="initial fixed-to-moving transform (.tfm, .h5, field image)")
     reg.add_argument("--fixed-labels", metavar="F", help="fixed label map (for Dice)")
     reg.add_argument("--moving-labels", metavar="F", help="moving label map (warped and scored)")
+    reg.add_argument("--labels", type=_label_list, metavar="2,3,...", help="labels to score (default: all nonzero)")
     reg.add_argument("--fixed-channel", type=_non_negative, metavar="N", help="channel of a 4D fixed image")
     reg.add_argument("--moving-channel", type=_non_negative, metavar="N", help="channel of a 4D moving image")
     reg.add_argument("--diffeomorphic", action="store_true", help="deformable stage as a stationary velocity field")
@@ -599,8 +600,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.command == "register" and bool(args.fixed_labels) != bool(args.moving_labels):
-        parser.error("--fixed-labels and --moving-labels go together")
+    if args.command == "register":
+        if bool(args.fixed_labels) != bool(args.moving_labels):
+            parser.error("--fixed-labels and --moving-labels go together")
+        if args.labels and not args.fixed_labels:
+            parser.error("--labels needs --fixed-labels and --moving-labels")
     if args.command == "evaluate":
         if bool(args.fixed_labels) != bool(args.warped_labels):
             parser.error("--fixed-labels and --warped-labels go together")

@@ -344,6 +344,8 @@ def test_4d_message_names_the_channel_option(pair, tmp_path, capsys):
 def test_usage_errors_exit_2(pair, capsys):
     assert cli.main(["register", pair["fixed"], pair["moving"]]) == 2
     assert cli.main(["register", pair["fixed"], pair["moving"], "-o", "x", "--fixed-labels", pair["fixed_labels"]]) == 2
+    assert cli.main(["register", pair["fixed"], pair["moving"], "-o", "x", "--labels", "1,2"]) == 2
+    assert cli.main(["evaluate", "--fixed-labels", pair["fixed_labels"], "--warped-labels", "w", "--labels", "a"]) == 2
     assert cli.main(["evaluate"]) == 2
     assert cli.main(["frobnicate"]) == 2
     assert "usage" in capsys.readouterr().err
