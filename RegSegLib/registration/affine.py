@@ -1,0 +1,415 @@
+"""Iterative affine registration (ALGORITHMS.md section A): a multi-resolution, gradient-based engine.
+
+The transform is ``T = T_init @ T(p)``: ``T_init`` is the initialisation (identity, grid centres,
+intensity centres of mass or a given transform) and ``T(p)`` a member of one of the four families of
+:mod:`RegSegLib.affine_families`, about the centre of the fixed image. The parameters are scaled so
+that one unit moves the image by about one millimetre (rotations, scales and shears are divided by
+the RMS radius of the fixed grid), which lets one Adam learning rate, given in mm, serve all of
+them.
+
+Each pyramid level has a working grid: the fixed image's grid resampled to ``spacing * level``
+(never finer than the image itself), on which the smoothed fixed image lives. The moving image is
+smoothed and downsampled on its own grid, and every step warps it with one ``grid_sample`` whose
+``theta`` is ``N_moving @ inv(A_moving) @ T @ A_work @ inv(N_work)`` (``A`` the IJK-to-RAS
+matrices, ``N`` the voxel-to-``grid_sample`` maps). A validity channel and the moving mask travel
+through the same ``grid_sample``; the loss is weighted by the fixed mask, the warped moving mask and
+the overlap of the images.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from RegSegLib import affine_families, geometry
+from RegSegLib.registration import losses
+from RegSegLib.registration.common import Progress, check_memory, resolve_device
+from RegSegLib.registration.spatial import gaussian_smooth
+from RegSegLib.transforms import AffineTransform, resample
+from RegSegLib.volume import Volume
+
+METRICS: tuple[str, ...] = ("mse", "ncc", "lncc", "mi", "mind")
+INITIALISATIONS: tuple[str, ...] = ("identity", "centres", "moments")
+
+
+def robust_scale(data: torch.Tensor, low: float = 0.005, high: float = 0.995) -> torch.Tensor:
+    """Maps the ``low``/``high`` intensity quantiles of ``[C, K, J, I]`` data to 0/1 and clamps to [0, 1] (float32)."""
+    data = data.float()
+    flat = data.reshape(-1)
+    sample = flat[:: max(1, flat.numel() // 500_000)]
+    quantiles = torch.quantile(sample, torch.tensor([low, high], device=data.device))
+    lo, hi = float(quantiles[0]), float(quantiles[1])
+    if hi <= lo:
+        hi = lo + 1.0
+    return ((data - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+def _smooth_sigmas(native_ijk: np.ndarray, target_ijk: np.ndarray) -> tuple[float, float, float]:
+    """Gaussian sigmas in voxels along (k, j, i) before resampling from ``native`` to ``target`` spacing."""
+    ratio = np.asarray(target_ijk, dtype=np.float64) / np.asarray(native_ijk, dtype=np.float64)
+    sigma = 0.5 * np.sqrt(np.maximum(ratio**2 - 1.0, 0.0))
+    return (float(sigma[2]), float(sigma[1]), float(sigma[0]))
+
+
+def _downsample(volume: Volume, spacing_ijk: np.ndarray, mask: torch.Tensor | None = None) -> Volume:
+    """Smooths and resamples a volume to a grid of the same directions and extent with spacing ``max(own, spacing_ijk)``.
+
+    With a ``[1, K, J, I]`` mask on the volume's grid the smoothing is normalised by the smoothed
+    mask, so intensities outside the mask do not leak into it.
+    """
+    native = volume.spacing
+    target = np.maximum(native, spacing_ijk)
+    if np.allclose(target, native, rtol=1e-3):
+        return volume
+    matrix, shape = geometry.resampled_grid(volume.ijk_to_ras, volume.shape, target)
+    sigmas = _smooth_sigmas(native, target)
+    if mask is None:
+        smoothed = gaussian_smooth(volume.data[None], sigmas)[0]
+    else:
+        weight = gaussian_smooth(mask[None].float(), sigmas)[0]
+        smoothed = gaussian_smooth((volume.data * mask)[None], sigmas)[0] / weight.clamp_min(1e-3)
+    return resample(volume.with_data(smoothed), (matrix, shape))
+
+
+def _pyramid(volume: Volume, spacings: Sequence[np.ndarray], mask: Volume | None = None) -> list[Volume]:
+    """Successively smoothed and downsampled copies of a volume, one per spacing (given fine to coarse).
+
+    A mask (any grid) keeps the intensities outside it from leaking inside through the smoothing.
+    """
+    levels: list[Volume] = []
+    current = volume
+    for spacing_ijk in spacings:
+        inside = None if mask is None else (resample(mask, current).data[:1] > 0.5).float()
+        current = _downsample(current, spacing_ijk, inside)
+        levels.append(current)
+    return levels
+
+
+def _auto_spacing(fixed: Volume, max_voxels: float = 2.0e6) -> float:
+    """Base working spacing: the image's finest spacing, coarsened until the grid has at most ``max_voxels`` voxels."""
+    extent = fixed.spacing * np.array(fixed.shape[::-1], dtype=np.float64)
+    return float(max(fixed.spacing.min(), np.cbrt(np.prod(extent) / max_voxels)))
+
+
+def _centre_of_mass(volume: Volume, weights: torch.Tensor) -> np.ndarray:
+    """Intensity-weighted centre ``[3]`` (RAS) of ``[K, J, I]`` weights on a volume's grid."""
+    total = float(weights.sum())
+    if total <= 0:
+        return geometry.grid_centre_ras(volume.ijk_to_ras, volume.shape)
+    k, j, i = (torch.arange(n, dtype=torch.float64, device=weights.device) for n in weights.shape)
+    w = weights.double()
+    ijk = np.array(
+        [
+            float((w.sum(dim=(0, 1)) * i).sum()) / total,
+            float((w.sum(dim=(0, 2)) * j).sum()) / total,
+            float((w.sum(dim=(1, 2)) * k).sum()) / total,
+        ]
+    )
+    return geometry.transform_points(volume.ijk_to_ras, ijk)
+
+
+def _translation(offset: np.ndarray) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, 3] = offset
+    return matrix
+
+
+class _Level:
+    """One pyramid level: the fixed image on the working grid and the moving stack on its own coarse grid.
+
+    For ``lncc`` (a neighbourhood measure) and for small grids the whole working grid is compared;
+    otherwise a fixed random subset of at most ``max_samples`` working voxels (inside the fixed
+    mask) is, which makes a step cost independent of the image size.
+
+    MIND-SSC descriptors are computed once per level and then compared voxel by voxel. They depend
+    on the orientation and spacing of the grid they are computed on, so for ``mind`` the moving
+    image is first resampled onto the working grid through the current estimate
+    (``moving_frame``); the level then refines the transform relative to that frame.
+    """
+
+    def __init__(
+        self,
+        fixed: Volume,
+        moving: Volume,
+        fixed_mask: Volume | None,
+        moving_mask: Volume | None,
+        metric: str,
+        max_samples: int,
+        device: torch.device,
+        moving_frame: np.ndarray | None = None,
+    ) -> None:
+        self.spacing = float(np.mean(fixed.spacing))
+        self.work_shape = fixed.shape
+        target = fixed.data[None].to(device)
+        mask = None
+        if fixed_mask is not None:
+            mask = resample(fixed_mask, fixed).data[None, :1].to(device)
+        parts = [moving.data, torch.ones_like(moving.data[:1])]
+        if moving_mask is not None:
+            parts.append(resample(moving_mask, moving).data[:1])
+        stack = Volume(torch.cat(parts, dim=0), moving.ijk_to_ras)
+        if moving_frame is None:
+            to_moving = geometry.ras_to_normalized(moving.ijk_to_ras, moving.shape)
+        else:
+            stack = resample(stack, fixed, AffineTransform(moving_frame))
+            to_moving = geometry.ras_to_normalized(fixed.ijk_to_ras, fixed.shape) @ np.linalg.inv(moving_frame)
+        moving_data = stack.data[None, : moving.num_channels].to(device)
+        if metric == "mind":
+            target, moving_data = losses.mind_ssc(target), losses.mind_ssc(moving_data)
+        self.num_channels = moving_data.shape[1]
+        self.moving = torch.cat([moving_data, stack.data[None, moving.num_channels :].to(device)], dim=1)
+        self.has_moving_mask = moving_mask is not None
+        from_work = fixed.ijk_to_ras @ np.linalg.inv(geometry.ijk_to_normalized(self.work_shape))
+        self.left = torch.as_tensor(to_moving, dtype=torch.float64, device=device)
+        self.right = torch.as_tensor(from_work, dtype=torch.float64, device=device)
+        self.points: torch.Tensor | None = None
+        num_voxels = int(np.prod(self.work_shape))
+        if metric == "lncc" or num_voxels <= max_samples:
+            self.target, self.mask = target, mask
+            return
+        candidates = torch.arange(num_voxels, device=device)
+        if mask is not None:
+            candidates = candidates[mask.reshape(-1) > 0]
+        generator = torch.Generator().manual_seed(0)
+        chosen = torch.randperm(candidates.numel(), generator=generator)[:max_samples].to(device)
+        index = candidates[chosen].sort().values
+        k, j, i = self.work_shape
+        ijk = torch.stack([index % i, (index // i) % j, index // (i * j)], dim=1).double()
+        normalised = ijk * torch.tensor([2.0 / max(i - 1, 1), 2.0 / max(j - 1, 1), 2.0 / max(k - 1, 1)], dtype=torch.float64, device=device) - 1.0
+        self.points = torch.cat([normalised, torch.ones_like(normalised[:, :1])], dim=1)
+        self.target = target.reshape(1, target.shape[1], -1)[..., index].reshape(1, target.shape[1], 1, 1, -1)
+        self.mask = None if mask is None else mask.reshape(1, 1, -1)[..., index].reshape(1, 1, 1, 1, -1)
+
+    def warp(self, transform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Warps the moving stack through a ``[4, 4]`` float64 RAS transform (one ``grid_sample``).
+
+        Returns:
+            ``(warped [1, C, K, J, I], weights [1, 1, K, J, I])`` on the working grid, or
+            ``[1, C, 1, 1, N]`` and ``[1, 1, 1, 1, N]`` at the sampled voxels.
+        """
+        theta = (self.left @ transform @ self.right)[:3]
+        if self.points is None:
+            k, j, i = self.work_shape
+            grid = F.affine_grid(theta.float()[None], [1, 1, k, j, i], align_corners=geometry.ALIGN_CORNERS)
+        else:
+            grid = (self.points @ theta.T).float().reshape(1, 1, 1, -1, 3)
+        sampled = F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="zeros", align_corners=geometry.ALIGN_CORNERS)
+        warped = sampled[:, : self.num_channels]
+        weights = sampled[:, self.num_channels : self.num_channels + 1].detach().clamp(0.0, 1.0)
+        if self.has_moving_mask:
+            weights = weights * (sampled[:, self.num_channels + 1 :].detach() > 0.99)
+        if self.mask is not None:
+            weights = weights * self.mask
+        return warped, weights
+
+
+def _parameter_scales(family: str, radius: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Physical parameter per unit of the optimised parameter: about 1 mm of motion at ``radius``."""
+    scales = torch.ones(affine_families.num_parameters(family), dtype=dtype, device=device)
+    scales[0:3] = 1.0 / radius
+    scales[6:] = 1.0 / radius
+    return scales
+
+
+def _initial_matrix(init: str, fixed: Volume, moving: Volume, fixed_weights: torch.Tensor, moving_weights: torch.Tensor) -> np.ndarray:
+    if init == "identity":
+        return np.eye(4)
+    if init == "centres":
+        return _translation(
+            geometry.grid_centre_ras(moving.ijk_to_ras, moving.shape) - geometry.grid_centre_ras(fixed.ijk_to_ras, fixed.shape)
+        )
+    return _translation(_centre_of_mass(moving, moving_weights) - _centre_of_mass(fixed, fixed_weights))
+
+
+def _run_adam(params: torch.Tensor, evaluate: Callable[[], torch.Tensor], count: int, learning_rate: float) -> None:
+    """Adam with a cosine-decayed step (to 1 % of ``learning_rate``) for ``count`` iterations."""
+    optimiser = torch.optim.Adam([params], lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(count, 1), eta_min=0.01 * learning_rate)
+    for _ in range(count):
+        optimiser.zero_grad(set_to_none=True)
+        evaluate().backward()
+        optimiser.step()
+        schedule.step()
+
+
+def _run_lbfgs(params: torch.Tensor, evaluate: Callable[[], torch.Tensor], count: int) -> None:
+    """L-BFGS with a strong Wolfe line search, at most ``count`` loss evaluations."""
+    if count <= 0:
+        return
+    optimiser = torch.optim.LBFGS(
+        [params],
+        lr=1.0,
+        max_iter=count,
+        max_eval=count,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-10,
+        tolerance_change=1e-12,
+    )
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad(set_to_none=True)
+        loss = evaluate()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+
+
+def _check_inputs(fixed: Volume, moving: Volume, family: str, metric: str, init: str, levels, iterations) -> None:
+    affine_families.num_parameters(family)
+    if metric not in METRICS:
+        raise ValueError(f"unknown affine similarity metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if init not in INITIALISATIONS:
+        raise ValueError(f"unknown initialisation {init!r}; choose one of {', '.join(INITIALISATIONS)}")
+    if fixed.num_channels != moving.num_channels:
+        raise ValueError(f"fixed has {fixed.num_channels} channels but moving has {moving.num_channels}")
+    if len(levels) == 0 or len(levels) != len(iterations):
+        raise ValueError(f"levels {tuple(levels)} and iterations {tuple(iterations)} must be non-empty and of equal length")
+
+
+def register_affine(
+    fixed: Volume,
+    moving: Volume,
+    *,
+    family: str = "affine",
+    metric: str = "ncc",
+    init: str = "moments",
+    fixed_mask: Volume | None = None,
+    moving_mask: Volume | None = None,
+    initial: AffineTransform | None = None,
+    levels: Sequence[float] = (4.0, 2.0, 1.0),
+    iterations: Sequence[int] = (60, 20, 10),
+    spacing: float | None = None,
+    learning_rate: float = 0.5,
+    window: int = 7,
+    num_bins: int = 32,
+    max_samples: int = 10_000,
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+) -> AffineTransform:
+    """Affine registration of ``moving`` to ``fixed``.
+
+    Args:
+        fixed: the reference image ``[C, K, J, I]``; the result maps its points to ``moving``.
+        moving: the image to align, ``[C, K, J, I]`` (same channel count).
+        family: ``rigid`` (6), ``similarity`` (7), ``anisotropic`` (9) or ``affine`` (12 parameters).
+        metric: ``ncc`` (mono-modal, default), ``mse``, ``lncc`` (dense, slower), ``mi`` or ``mind``
+            (multi-modal).
+        init: ``identity``, ``centres`` (grid centres) or ``moments`` (intensity centres of mass);
+            ignored when ``initial`` is given.
+        fixed_mask: optional mask on any grid (resampled to the fixed grid); zero excludes voxels.
+        moving_mask: optional mask of the moving image, warped with it.
+        initial: a starting fixed-to-moving transform (e.g. a network prediction).
+        levels: pyramid factors, coarse to fine; level ``f`` works at ``f * spacing`` mm.
+        iterations: per level, Adam iterations at the coarsest level and at most this many loss
+            evaluations of L-BFGS (strong Wolfe line search) at the finer ones.
+        spacing: base working spacing in mm; by default the fixed image's finest spacing, coarsened
+            so that the finest working grid has at most 2 million voxels.
+        learning_rate: Adam step at the coarsest level, in mm per mm of working spacing
+            (cosine-decayed to 1 %).
+        window: local NCC window in voxels.
+        num_bins: mutual information histogram bins.
+        max_samples: voxels compared per step for the voxel-wise measures (all voxels for ``lncc``).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        progress: progress reporter; its cancel event stops the job with ``Cancelled``.
+
+    Returns:
+        The fixed-to-moving :class:`AffineTransform` (``warped(x) = moving(T(x))``).
+
+    Raises:
+        ValueError: unknown family, metric or initialisation, or mismatched inputs.
+        Cancelled: the progress reporter's cancel event was set.
+    """
+    _check_inputs(fixed, moving, family, metric, init, levels, iterations)
+    progress = progress or Progress()
+    torch_device = resolve_device(device)
+    progress.update(0.0, "affine: preparing")
+    base = _auto_spacing(fixed) if spacing is None else float(spacing)
+    fixed_n = fixed.with_data(robust_scale(fixed.data))
+    moving_n = moving.with_data(robust_scale(moving.data))
+    fixed_mask_f = None if fixed_mask is None else fixed_mask.with_data((fixed_mask.data[:1] != 0).float())
+    moving_mask_f = None if moving_mask is None else moving_mask.with_data((moving_mask.data[:1] != 0).float())
+    order = np.argsort(levels)
+    fixed_levels = _pyramid(fixed_n, [np.full(3, base * levels[i]) for i in order], fixed_mask_f)
+    moving_levels = _pyramid(
+        moving_n, [np.full(3, float(fixed_levels[n].spacing.min())) for n in range(len(order))], moving_mask_f
+    )
+    fixed_levels = [fixed_levels[n] for n in np.argsort(order)]
+    moving_levels = [moving_levels[n] for n in np.argsort(order)]
+    finest = int(np.argmin(levels))
+    image_voxels = fixed_levels[finest].num_voxels + moving_levels[finest].num_voxels
+    compared = fixed_levels[finest].num_voxels if metric == "lncc" else max_samples
+    required = 4 * image_voxels * (26 if metric == "mind" else 4) + 4 * compared * (40 if metric in ("lncc", "mi") else 16)
+    check_memory(required, torch_device, "affine registration")
+
+    if initial is not None:
+        start = np.asarray(initial.matrix, dtype=np.float64)
+    else:
+        coarse = int(np.argmax(levels))
+        coarse_fixed, coarse_moving = fixed_levels[coarse], moving_levels[coarse]
+        fixed_weights, moving_weights = coarse_fixed.data[0], coarse_moving.data[0]
+        if fixed_mask_f is not None:
+            fixed_weights = fixed_weights * resample(fixed_mask_f, coarse_fixed).data[0]
+        if moving_mask_f is not None:
+            moving_weights = moving_weights * resample(moving_mask_f, coarse_moving).data[0]
+        start = _initial_matrix(init, coarse_fixed, coarse_moving, fixed_weights, moving_weights)
+
+    centre = geometry.grid_centre_ras(fixed.ijk_to_ras, fixed.shape)
+    extent = fixed.spacing * np.array(fixed.shape[::-1], dtype=np.float64)
+    radius = float(np.sqrt(np.sum(extent**2) / 12.0))
+    dtype = torch.float64
+    scales = _parameter_scales(family, radius, dtype, torch_device)
+    start_t = torch.as_tensor(start, dtype=dtype, device=torch_device)
+    centre_t = torch.as_tensor(centre, dtype=dtype, device=torch_device)
+    params = torch.zeros(1, scales.numel(), dtype=dtype, device=torch_device, requires_grad=True)
+
+    def current_matrix() -> torch.Tensor:
+        return start_t @ affine_families.parameters_to_matrix(params * scales, family, centre_t)[0]
+
+    if metric == "mind":
+        loss_fn = losses.MSELoss()
+    elif metric == "lncc":
+        loss_fn = losses.LocalNCCLoss(window)
+    elif metric == "mi":
+        loss_fn = losses.MutualInformationLoss(num_bins, max_samples=None)
+    else:
+        loss_fn = losses.make_loss(metric)
+    total_iterations = float(sum(iterations))
+    for level_index, count in enumerate(iterations):
+        with torch.no_grad():
+            frame = current_matrix().cpu().numpy() if metric == "mind" else None
+            level = _Level(
+                fixed_levels[level_index],
+                moving_levels[level_index],
+                fixed_mask_f,
+                moving_mask_f,
+                metric,
+                max_samples,
+                torch_device,
+                frame,
+            )
+        done_before = sum(iterations[:level_index])
+        evaluations = 0
+
+        def evaluate() -> torch.Tensor:
+            nonlocal evaluations
+            warped, weights = level.warp(current_matrix())
+            loss = loss_fn(level.target, warped, weights)
+            evaluations += 1
+            progress.update(
+                (done_before + min(evaluations, count)) / total_iterations,
+                f"affine level {level_index + 1}/{len(levels)}: {metric} loss {float(loss.detach()):.5f}",
+            )
+            return loss
+
+        if level_index == 0:
+            _run_adam(params, evaluate, count, learning_rate * level.spacing)
+        else:
+            _run_lbfgs(params, evaluate, count)
+    progress.update(1.0, "affine: done")
+    with torch.no_grad():
+        return AffineTransform(current_matrix().cpu().numpy())
