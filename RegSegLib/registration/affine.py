@@ -33,6 +33,8 @@ from RegSegLib.volume import Volume
 
 METRICS: tuple[str, ...] = ("mse", "ncc", "lncc", "mi", "mind")
 INITIALISATIONS: tuple[str, ...] = ("identity", "centres", "moments")
+MIND_EXTRA_ROUNDS: int = 2
+"""Extra rounds of the finest level for ``mind``, each with descriptors recomputed in the latest frame."""
 
 
 def robust_scale(data: torch.Tensor, low: float = 0.005, high: float = 0.995) -> torch.Tensor:
@@ -235,24 +237,35 @@ def _run_adam(params: torch.Tensor, evaluate: Callable[[], torch.Tensor], count:
         schedule.step()
 
 
-def _run_lbfgs(params: torch.Tensor, evaluate: Callable[[], torch.Tensor], count: int) -> None:
-    """L-BFGS with a strong Wolfe line search, at most ``count`` loss evaluations."""
-    if count <= 0:
+def _run_lbfgs(params: torch.Tensor, evaluate: Callable[[], torch.Tensor], count: int, step: float) -> None:
+    """L-BFGS with a strong Wolfe line search, at most ``count`` loss evaluations.
+
+    The loss is rescaled so that the first step is ``step`` long (L1 norm, parameter units of about
+    1 mm), which makes the search independent of the measure's scale (MIND distances are small).
+    """
+    if count <= 1:
         return
+    params.grad = None
+    evaluate().backward()
+    norm = float(params.grad.abs().sum())
+    params.grad = None
+    if not np.isfinite(norm) or norm == 0.0:
+        return
+    scale = 1.0 / norm
     optimiser = torch.optim.LBFGS(
         [params],
-        lr=1.0,
-        max_iter=count,
-        max_eval=count,
+        lr=step,
+        max_iter=count - 1,
+        max_eval=count - 1,
         history_size=20,
         line_search_fn="strong_wolfe",
         tolerance_grad=1e-10,
-        tolerance_change=1e-12,
+        tolerance_change=1e-14,
     )
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad(set_to_none=True)
-        loss = evaluate()
+        loss = evaluate() * scale
         loss.backward()
         return loss
 
@@ -306,7 +319,9 @@ def register_affine(
         initial: a starting fixed-to-moving transform (e.g. a network prediction).
         levels: pyramid factors, coarse to fine; level ``f`` works at ``f * spacing`` mm.
         iterations: per level, Adam iterations at the coarsest level and at most this many loss
-            evaluations of L-BFGS (strong Wolfe line search) at the finer ones.
+            evaluations of L-BFGS (strong Wolfe line search) at the finer ones. For ``mind`` the
+            finest level runs ``1 + MIND_EXTRA_ROUNDS`` times, the moving descriptors recomputed
+            through the latest estimate each time.
         spacing: base working spacing in mm; by default the fixed image's finest spacing, coarsened
             so that the finest working grid has at most 2 million voxels.
         learning_rate: Adam step at the coarsest level, in mm per mm of working spacing
@@ -378,8 +393,11 @@ def register_affine(
         loss_fn = losses.MutualInformationLoss(num_bins, max_samples=None)
     else:
         loss_fn = losses.make_loss(metric)
-    total_iterations = float(sum(iterations))
-    for level_index, count in enumerate(iterations):
+    schedule = list(enumerate(iterations))
+    if metric == "mind":
+        schedule += [schedule[-1]] * MIND_EXTRA_ROUNDS
+    total_iterations = float(sum(count for _, count in schedule))
+    for round_index, (level_index, count) in enumerate(schedule):
         with torch.no_grad():
             frame = current_matrix().cpu().numpy() if metric == "mind" else None
             level = _Level(
@@ -392,7 +410,7 @@ def register_affine(
                 torch_device,
                 frame,
             )
-        done_before = sum(iterations[:level_index])
+        done_before = sum(count for _, count in schedule[:round_index])
         evaluations = 0
 
         def evaluate() -> torch.Tensor:
@@ -406,10 +424,10 @@ def register_affine(
             )
             return loss
 
-        if level_index == 0:
+        if round_index == 0:
             _run_adam(params, evaluate, count, learning_rate * level.spacing)
         else:
-            _run_lbfgs(params, evaluate, count)
+            _run_lbfgs(params, evaluate, count, 0.5 * level.spacing)
     progress.update(1.0, "affine: done")
     with torch.no_grad():
         return AffineTransform(current_matrix().cpu().numpy())
