@@ -268,11 +268,6 @@ def test_moving_volume_hardened_under_the_result_matches_regseg_warped_image(aff
     scene.RemoveNode(copy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RegSegLib engine: the affine stage diverges (LNCC -> 0) when the fixed image is not RAS-aligned "
-    "(LPS-stored or oblique); the same pair with a RAS-aligned fixed image improves LNCC 0.32 -> 0.51",
-)
 def test_affine_registration_improves_similarity_on_lps_stored_fixed(affine_run):
     similarity = affine_run[0].metrics["similarity"]
     assert similarity["after"] > similarity["before"]
@@ -313,6 +308,16 @@ def test_dense_run_with_segmentation_labels_fills_the_dice_table(deformable_run)
     assert before == pytest.approx(next(iter(dice["before_per_label"].values())), abs=1e-9)
     assert 0.0 < before <= 1.0 and 0.0 <= after <= 1.0
     assert table.GetValue(1, 0).ToString() == "mean"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known engine defect: on this 32x32x30 inter-patient pair the deformable stage lowers the gland "
+    "Dice (0.76 after affine -> 0.20); the affine stage alone improves it",
+)
+def test_dense_run_improves_the_gland_dice(deformable_run):
+    dice = deformable_run[0].metrics["dice"]
+    assert next(iter(dice["per_label"].values())) > next(iter(dice["before_per_label"].values()))
 
 
 def test_segmentation_mask_becomes_the_right_label_map(prostate, module):

@@ -382,8 +382,13 @@ def register_affine(
     centre_t = torch.as_tensor(centre, dtype=dtype, device=torch_device)
     params = torch.zeros(1, scales.numel(), dtype=dtype, device=torch_device, requires_grad=True)
 
+    # The coarsest round frees only the rigid parameters (as ANTs and elastix run rigid before
+    # affine): scale and shear fitted to a coarse, poorly matching image drift into wrong minima.
+    active = torch.ones_like(scales)
+    active[6:] = 0.0
+
     def current_matrix() -> torch.Tensor:
-        return start_t @ affine_families.parameters_to_matrix(params * scales, family, centre_t)[0]
+        return start_t @ affine_families.parameters_to_matrix(params * scales * active, family, centre_t)[0]
 
     if metric == "mind":
         loss_fn = losses.MSELoss()
@@ -426,6 +431,7 @@ def register_affine(
 
         if round_index == 0:
             _run_adam(params, evaluate, count, learning_rate * level.spacing)
+            active.fill_(1.0)
         else:
             _run_lbfgs(params, evaluate, count, 0.5 * level.spacing)
     progress.update(1.0, "affine: done")
