@@ -51,26 +51,52 @@ def peer_label(method: str, transform: str, family: str = "affine") -> str:
     return "affine + deformable" if transform == "deformable" else family
 
 
+def _warm_up_pair() -> tuple[np.ndarray, np.ndarray]:
+    """Two small smooth blob images ``[32, 32, 32]`` (float32), the second shifted by two voxels."""
+    axis = np.arange(32, dtype=np.float32) - 15.5
+    k, j, i = np.meshgrid(axis, axis, axis, indexing="ij")
+    fixed = np.exp(-(i**2 + (j / 0.8) ** 2 + (k / 0.6) ** 2) / 60.0).astype(np.float32)
+    moving = np.exp(-((i - 2) ** 2 + (j / 0.8) ** 2 + (k / 0.6) ** 2) / 60.0).astype(np.float32)
+    return fixed, moving
+
+
 def warm_up_regseg(threads: int) -> None:
+    """Imports RegSeg and runs one tiny registration, so start-up costs stay out of the first job."""
     import torch
 
     torch.set_num_threads(threads)
-    import RegSegLib.io.volumes  # noqa: F401
-    import RegSegLib.registration.affine  # noqa: F401
-    import RegSegLib.registration.deformable  # noqa: F401
-    import RegSegLib.registration.pipeline  # noqa: F401
+    from RegSegLib.registration.pipeline import register
+    from RegSegLib.volume import Volume
+
+    fixed, moving = _warm_up_pair()
+    register(Volume(torch.from_numpy(fixed)[None], np.eye(4)), Volume(torch.from_numpy(moving)[None], np.eye(4)),
+             method="deformable", device="cpu")
 
 
 def warm_up_ants(threads: int) -> None:
-    import ants  # noqa: F401
+    """Imports ANTsPy and runs one tiny SyN registration."""
+    import ants
     import pandas  # noqa: F401
+
+    fixed, moving = _warm_up_pair()
+    ants.registration(ants.from_numpy(fixed), ants.from_numpy(moving), type_of_transform="SyN")
 
 
 def warm_up_elastix(threads: int) -> None:
+    """Loads itk-elastix's lazily imported modules and runs one tiny affine + B-spline registration."""
     import itk
 
-    itk.ParameterObject.New()
-    for name in ("ElastixRegistrationMethod", "TransformixFilter", "ImageFileReader", "ImageFileWriter"):
+    fixed, moving = _warm_up_pair()
+    parameters = itk.ParameterObject.New()
+    for name in ("affine", "bspline"):
+        parameter_map = parameters.GetDefaultParameterMap(name)
+        parameter_map["MaximumNumberOfIterations"] = ["20"]
+        parameters.AddParameterMap(parameter_map)
+    method = itk.ElastixRegistrationMethod.New(itk.image_from_array(fixed), itk.image_from_array(moving))
+    method.SetParameterObject(parameters)
+    method.SetLogToConsole(False)
+    method.Update()
+    for name in ("TransformixFilter", "ImageFileReader", "ImageFileWriter"):
         getattr(itk, name)
 
 
