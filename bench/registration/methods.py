@@ -310,7 +310,13 @@ def elastix_job(
         np.save(out / OUTPUT_POINTS, _read_transformix_points(folder / "outputpoints.txt") * LPS_FLIP)
         shutil.rmtree(folder)
     if export_field:
-        field = itk.transformix_deformation_field(moving_image, result_parameters)
+        # transformix also writes deformationField.nii into the working directory: keep it in the job's folder.
+        previous = os.getcwd()
+        os.chdir(out)
+        try:
+            field = itk.transformix_deformation_field(moving_image, result_parameters)
+        finally:
+            os.chdir(previous)
         vectors = itk.array_from_image(field).astype(np.float32) * LPS_FLIP
         ijk_to_ras = geometry.ijk_to_ras_from_itk(
             tuple(field.GetOrigin()), tuple(field.GetSpacing()), itk.array_from_matrix(field.GetDirection()).reshape(-1)
