@@ -75,10 +75,16 @@ def test_mind_ssc_shape_and_range() -> None:
     assert torch.allclose(mind_ssc(3.0 * image + 5.0), features, atol=1e-4)
 
 
-def test_identity_pair_gives_zero_field(brain: Volume) -> None:
-    result = register_deformable(brain, brain, device="cpu", adam_iterations=30)
+@pytest.mark.parametrize(("similarity", "bound_mm"), [("mind", 0.25), ("lncc", 0.3)])
+def test_identity_pair_gives_zero_field(brain: Volume, similarity: str, bound_mm: float) -> None:
+    """An identical pair stays put to within a small fraction of the 4 mm voxel.
+
+    Local NCC's optimum is not exactly the identity in flat regions (its variance guard rewards
+    contrast), hence its slightly larger bound.
+    """
+    result = register_deformable(brain, brain, similarity=similarity, device="cpu")
     assert result.shape == brain.shape
-    assert float(result.field.norm(dim=0)[foreground(brain)].mean()) < 0.25
+    assert float(result.field.norm(dim=0)[foreground(brain)].mean()) < bound_mm
 
 
 def test_convexadam_recovers_smooth_deformation(brain: Volume) -> None:
@@ -147,14 +153,17 @@ def test_cancel_event_stops_registration(brain: Volume) -> None:
 
 
 def test_working_resolution_and_initial_affine(brain: Volume) -> None:
-    """A pure shift handled by the initial affine leaves a near-zero field, returned on the fixed grid."""
+    """A pure shift handled by the initial affine leaves a near-zero field, returned on the fixed grid.
+
+    MIND keeps an aligned pair exactly in place (see the identity test for local NCC's small drift).
+    """
     from RegSegLib.transforms import AffineTransform
 
     shift = np.eye(4)
     shift[:3, 3] = [6.0, -4.0, 2.0]
     moving = Volume(brain.data.clone(), shift @ brain.ijk_to_ras)
     result = register_deformable(
-        brain, moving, initial=AffineTransform(shift), spacing_mm=6.0, device="cpu", adam_iterations=30
+        brain, moving, initial=AffineTransform(shift), spacing_mm=6.0, similarity="mind", device="cpu"
     )
     assert result.shape == brain.shape and np.allclose(result.ijk_to_ras, brain.ijk_to_ras)
     assert float(result.field.norm(dim=0)[foreground(brain)].mean()) < 0.5

@@ -7,7 +7,9 @@ composes ``CompositeTransform([initial, field])``.
 ``method="convexadam"`` follows Siebert, Hansen and Heinrich, "Fast 3D registration with accurate
 optimisation and little learning for Learn2Reg 2021" (ConvexAdam):
 
-1. MIND-SSC features of both images on a working grid.
+1. MIND-SSC features of both images on the working grid shrunk by ``search_shrink`` (average
+   pooling; the discrete search compares cell averages of the features, which barely change when
+   they are computed at half resolution, for an eighth of the cost).
 2. One or more coarse levels: a dense cost volume (sum of squared differences of average-pooled
    features) for every control point of a grid of step ``coarse_step`` voxels over a discrete search
    window of ``(2 radius + 1)^3`` displacements spaced ``quantisation`` voxels apart, solved by coupled
@@ -16,7 +18,9 @@ optimisation and little learning for Learn2Reg 2021" (ConvexAdam):
    ``alpha`` rising from 0.003 to 1. Optionally the forward and backward solutions are made inverse
    consistent by fixed-point iterations. Later levels search around the result of earlier ones.
 3. Adam refinement of a displacement grid at step ``adam_step`` with a diffusion penalty, the grid
-   being smoothed by repeated 3x3x3 average pooling at every iteration.
+   being smoothed by repeated 3x3x3 box filtering at every iteration.
+4. A short Adam stage on the full working grid (step 1, ``fine_iterations``): the step-``adam_step``
+   stage compares cell averages and cannot align structures smaller than a cell.
 
 ``method="grid"`` optimises a control grid of displacements (upsampled trilinearly to a dense field,
 B-spline-like) over an image pyramid with a diffusion or bending penalty and the chosen similarity.
@@ -33,7 +37,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -48,6 +52,12 @@ from RegSegLib.volume import Volume
 
 SIMILARITIES = ("mind", "lncc", "ncc", "mse")
 _TIE_BREAK = 1e-6
+_ADAM_EPS = {"mind": 0.2, "mse": 0.2, "lncc": 0.3, "ncc": 0.3}
+"""Adam's ``eps`` per loss, in per-cell gradient units (see :class:`_Adam`). Near the optimum, where
+gradients are far below ``eps``, Adam is gradient descent with step ``lr / eps``; with ``eps=0.05``
+that step is unstable on sharp full-resolution MIND features and an identical pair drifts by half a
+voxel, with ``0.2`` it stays put. The correlation losses need a little more: their gradient is not
+zero on an aligned pair (the variance guard of local NCC rewards contrast in flat regions)."""
 METHODS = ("convexadam", "grid")
 
 
@@ -55,14 +65,16 @@ METHODS = ("convexadam", "grid")
 class CoarseLevel:
     """One discrete search level of ConvexAdam.
 
+    Sizes are in voxels of the search grid (the working grid shrunk by ``search_shrink``).
+
     Attributes:
-        step: control point spacing in working voxels (features are average-pooled over ``step``^3).
+        step: control point spacing (features are average-pooled over ``step``^3).
         radius: search radius in units of ``quantisation``; ``(2 radius + 1)^3`` candidates.
-        quantisation: spacing of the candidate displacements in working voxels.
+        quantisation: spacing of the candidate displacements.
     """
 
-    step: int = 4
-    radius: int = 4
+    step: int = 2
+    radius: int = 3
     quantisation: int = 1
 
 
@@ -71,6 +83,7 @@ class DeformableSettings:
     """Tuning of :func:`register_deformable` (every field can be passed as a keyword ``**tuning``).
 
     Attributes:
+        search_shrink: the discrete search runs on the working grid shrunk by this factor.
         coarse_levels: ConvexAdam discrete levels, coarse to fine.
         coupling: coupled convex optimisation weights (cost units per squared quantisation step).
         cost_smoothing: 3x3x3 averaging passes over the cost volume before the argmin (aggregation).
@@ -78,6 +91,8 @@ class DeformableSettings:
         inverse_iterations: fixed-point iterations of the inverse consistency step.
         adam_step: grid step in working voxels of the Adam stage.
         adam_iterations: Adam iterations (ConvexAdam) or per pyramid level (grid).
+        fine_iterations: Adam iterations of ConvexAdam's last stage on the full working grid
+            (0 skips it; only used when ``adam_step`` > 1).
         adam_lr: Adam learning rate in grid voxels.
         adam_smoothing: 3x3x3 averaging passes over the grid at every iteration.
         regularisation: weight of the diffusion (or bending) penalty, in grid voxel units.
@@ -92,13 +107,15 @@ class DeformableSettings:
         percentiles: intensity window mapped to [0, 1] before the similarity.
     """
 
-    coarse_levels: tuple[CoarseLevel, ...] = (CoarseLevel(step=4, radius=4, quantisation=1),)
+    search_shrink: int = 2
+    coarse_levels: tuple[CoarseLevel, ...] = (CoarseLevel(step=2, radius=3, quantisation=1),)
     coupling: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     cost_smoothing: int = 1
-    inverse_consistent: bool = True
+    inverse_consistent: bool = False
     inverse_iterations: int = 15
     adam_step: int = 2
-    adam_iterations: int = 60
+    adam_iterations: int = 12
+    fine_iterations: int = 8
     adam_lr: float = 1.0
     adam_smoothing: int = 3
     regularisation: float = 1.0
@@ -116,6 +133,7 @@ class DeformableSettings:
 PRESETS: dict[str, dict] = {
     "default": {},
     "large-motion": {
+        "search_shrink": 1,
         "coarse_levels": (
             CoarseLevel(step=4, radius=5, quantisation=2),
             CoarseLevel(step=3, radius=3, quantisation=1),
@@ -160,7 +178,7 @@ def register_deformable(
     moving_mask: Volume | None = None,
     method: str = "convexadam",
     diffeomorphic: bool = False,
-    similarity: str = "mind",
+    similarity: str = "lncc",
     spacing_mm: float | None = None,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
@@ -372,8 +390,8 @@ class _Adam:
     Written out because ``torch.optim``'s first use imports the compiler stack, which costs seconds
     on a small CPU machine, longer than a whole registration. Gradients are taken per grid cell
     (the gradient of a voxel-averaged loss times the number of cells) and ``eps`` is set well above
-    float rounding noise in those units: with the textbook ``eps=1e-8`` Adam turns the rounding noise
-    of an already aligned pair into full ``lr`` steps.
+    float rounding noise and the residual gradient of an aligned pair in those units: with the
+    textbook ``eps=1e-8`` Adam turns them into full ``lr`` steps.
     """
 
     def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 0.05):
@@ -435,33 +453,40 @@ def _weighted_mean(values: torch.Tensor, weight: Optional[torch.Tensor]) -> torc
     return (values * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def _local_ncc_map(fixed: torch.Tensor, warped: torch.Tensor, window: int) -> torch.Tensor:
-    """Squared local correlation ``[B, 1, K, J, I]`` over ``window``^3 boxes (larger is better)."""
-
-    def box(x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool3d(x, window, stride=1, padding=window // 2, count_include_pad=False)
-
-    mean_f, mean_w = box(fixed), box(warped)
-    cov = box(fixed * warped) - mean_f * mean_w
-    var_f = (box(fixed * fixed) - mean_f**2).clamp(min=0.0)
-    var_w = (box(warped * warped) - mean_w**2).clamp(min=0.0)
-    return cov * cov / (var_f * var_w + 1e-5)
-
-
 def _dissimilarity(
-    similarity: str, fixed: torch.Tensor, warped: torch.Tensor, weight: Optional[torch.Tensor], window: int
-) -> torch.Tensor:
-    """Loss to minimise between fixed and warped moving ``[B, C, K, J, I]`` (features for ``mind``)."""
+    similarity: str, fixed: torch.Tensor, weight: Optional[torch.Tensor], window: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Loss to minimise between ``fixed`` and a warped moving ``[B, C, K, J, I]`` (features for ``mind``).
+
+    The terms that depend on the fixed image alone are computed once here.
+
+    Returns:
+        A function of the warped moving image returning the scalar loss.
+    """
     if similarity in ("mind", "mse"):
-        return _weighted_mean((fixed - warped).pow(2).sum(dim=1, keepdim=True), weight)
+        return lambda warped: _weighted_mean((fixed - warped).pow(2).sum(dim=1, keepdim=True), weight)
     if similarity == "lncc":
-        return -_weighted_mean(_local_ncc_map(fixed, warped, window), weight)
+        box = functools.partial(spatial.box_mean, window=window)
+        mean_f = box(fixed)
+        var_f = (box(fixed * fixed) - mean_f**2).clamp(min=0.0)
+
+        def local_ncc(warped: torch.Tensor) -> torch.Tensor:
+            mean_w = box(warped)
+            cov = box(fixed * warped) - mean_f * mean_w
+            var_w = (box(warped * warped) - mean_w**2).clamp(min=0.0)
+            return -_weighted_mean(cov * cov / (var_f * var_w + 1e-5), weight)
+
+        return local_ncc
     w = torch.ones_like(fixed) if weight is None else weight.expand_as(fixed)
     total = w.sum().clamp(min=1.0)
     f = fixed - (fixed * w).sum() / total
-    m = warped - (warped * w).sum() / total
-    ncc = (f * m * w).sum() / torch.sqrt((f * f * w).sum() * (m * m * w).sum() + 1e-8)
-    return -ncc
+    f_norm = (f * f * w).sum()
+
+    def ncc(warped: torch.Tensor) -> torch.Tensor:
+        m = warped - (warped * w).sum() / total
+        return -(f * m * w).sum() / torch.sqrt(f_norm * (m * m * w).sum() + 1e-8)
+
+    return ncc
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,22 +602,37 @@ def _convex_adam(
 ) -> torch.Tensor:
     """ConvexAdam on the working grid; returns the voxel displacement ``[1, 3, K, J, I]``."""
     shape = tuple(fixed_image.shape[2:])
-    fixed_feat = _features(fixed_image, settings)
-    moving_feat = _features(moving_image, settings)
-    disp = torch.zeros(1, 3, *shape, device=fixed_image.device)
+    shrink = settings.search_shrink
+    fixed_feat = _features(_pool_cells(fixed_image, shrink), settings)
+    moving_feat = _features(_pool_cells(moving_image, shrink), settings)
+    search_weight = None if weight is None else _pool_cells(weight, shrink)
+    disp = torch.zeros(1, 3, *fixed_feat.shape[2:], device=fixed_image.device)
     levels = settings.coarse_levels
     for index, level in enumerate(levels):
         progress.update(0.05 + 0.4 * index / max(len(levels), 1), f"deformable: discrete search level {index + 1}")
         warped_feat = moving_feat if index == 0 else _warp_voxel(moving_feat, disp)
-        delta = _coarse_level(fixed_feat, warped_feat, weight, level, settings)
+        delta = _coarse_level(fixed_feat, warped_feat, search_weight, level, settings)
         disp = delta if index == 0 else _compose_voxel(disp, delta)
-    if similarity == "mind":
+    disp = _upsample_cells(disp, shrink, shape)
+    if similarity == "mind" and shrink > 1:
+        fixed_adam, moving_adam = _features(fixed_image, settings), _features(moving_image, settings)
+    elif similarity == "mind":
         fixed_adam, moving_adam = fixed_feat, moving_feat
     else:
         fixed_adam, moving_adam = fixed_image, moving_image
-    return _adam_refine(
-        fixed_adam, moving_adam, weight, disp, settings, similarity, diffeomorphic, progress.sub(0.45, 0.53)
-    )
+    stages = [(settings.adam_step, settings.adam_iterations)]
+    if settings.adam_step > 1 and settings.fine_iterations > 0:
+        stages.append((1, settings.fine_iterations))
+    total = sum(step**-3 * iterations for step, iterations in stages) or 1.0
+    start = 0.45
+    for step, iterations in stages:
+        share = 0.53 * step**-3 * iterations / total
+        disp = _adam_refine(
+            fixed_adam, moving_adam, weight, disp, step, iterations, settings, similarity, diffeomorphic,
+            progress.sub(start, share),
+        )
+        start += share
+    return _integrate_voxel(disp, settings.integration_steps) if diffeomorphic else disp
 
 
 def _adam_refine(
@@ -600,35 +640,51 @@ def _adam_refine(
     moving_data: torch.Tensor,
     weight: Optional[torch.Tensor],
     init: torch.Tensor,
+    step: int,
+    iterations: int,
     settings: DeformableSettings,
     similarity: str,
     diffeomorphic: bool,
     progress: Progress,
 ) -> torch.Tensor:
-    """Adam on a grid of step ``adam_step`` with smoothing and diffusion penalty; working-grid voxel field."""
+    """Adam on a grid of ``step`` working voxels with smoothing and diffusion penalty.
+
+    Args:
+        fixed_data: fixed image or features ``[1, C, K, J, I]`` on the working grid.
+        moving_data: moving image or features ``[1, C, K, J, I]``.
+        weight: mask weight ``[1, 1, K, J, I]`` or ``None``.
+        init: starting voxel field ``[1, 3, K, J, I]`` (a velocity when ``diffeomorphic``).
+        step: grid step in working voxels; data are cell-averaged over ``step``^3.
+        iterations: Adam iterations.
+        settings: learning rate, smoothing, regularisation, LNCC window, integration steps.
+        similarity: name of the loss (see :func:`_dissimilarity`).
+        diffeomorphic: the field is a stationary velocity integrated by scaling and squaring.
+        progress: progress of this stage.
+
+    Returns:
+        The smoothed optimised field ``[1, 3, K, J, I]`` in working voxels (the velocity when
+        ``diffeomorphic``; the caller integrates it).
+    """
     shape = tuple(fixed_data.shape[2:])
-    step = settings.adam_step
     fixed_cells = _pool_cells(fixed_data, step)
     moving_cells = _pool_cells(moving_data, step)
     weight_cells = None if weight is None else _pool_cells(weight, step)
     params = (_pool_cells(init, step) / step).requires_grad_(True)
-    optimizer = _Adam(params, lr=settings.adam_lr)
-    window = max(3, settings.lncc_window // step | 1)
+    optimizer = _Adam(params, lr=settings.adam_lr, eps=_ADAM_EPS[similarity])
+    loss_of = _dissimilarity(similarity, fixed_cells, weight_cells, max(3, settings.lncc_window // step | 1))
 
-    def current() -> torch.Tensor:
-        smoothed = spatial.smooth_average(params, 3, settings.adam_smoothing)
-        return _integrate_voxel(smoothed, settings.integration_steps) if diffeomorphic else smoothed
+    def smoothed() -> torch.Tensor:
+        return spatial.smooth_average(params, 3, settings.adam_smoothing)
 
-    for iteration in range(settings.adam_iterations):
+    for iteration in range(iterations):
         if iteration % 5 == 0:
-            progress.update(iteration / settings.adam_iterations, f"deformable: Adam {iteration}")
-        disp = current()
-        warped = _warp_voxel(moving_cells, disp)
-        loss = _dissimilarity(similarity, fixed_cells, warped, weight_cells, window)
-        loss = loss + settings.regularisation * _diffusion(disp)
-        optimizer.step(torch.autograd.grad(loss, params)[0], _cosine(iteration, settings.adam_iterations))
+            progress.update(iteration / iterations, f"deformable: Adam (grid step {step}) {iteration}")
+        field = smoothed()
+        disp = _integrate_voxel(field, settings.integration_steps) if diffeomorphic else field
+        loss = loss_of(_warp_voxel(moving_cells, disp)) + settings.regularisation * _diffusion(disp)
+        optimizer.step(torch.autograd.grad(loss, params)[0], _cosine(iteration, iterations))
     with torch.no_grad():
-        return _upsample_cells(current(), step, shape)
+        return _upsample_cells(smoothed(), step, shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -665,16 +721,15 @@ def _grid_registration(
         else:
             start = _resize_voxel(params.detach(), control_shape)
         params = start.requires_grad_(True)
-        optimizer = _Adam(params, lr=settings.adam_lr / settings.control_step)
+        optimizer = _Adam(params, lr=settings.adam_lr / settings.control_step, eps=_ADAM_EPS[similarity])
         level_progress = progress.sub(0.05 + 0.9 * index / len(levels), 0.9 / len(levels))
-        window = max(3, settings.lncc_window // factor | 1)
+        loss_of = _dissimilarity(similarity, fixed_level, weight_level, max(3, settings.lncc_window // factor | 1))
         for iteration in range(settings.adam_iterations):
             if iteration % 5 == 0:
                 level_progress.update(iteration / settings.adam_iterations, f"deformable: level {index + 1}")
             disp = _dense_field(params, level_shape, diffeomorphic, settings.integration_steps)
             warped = _warp_voxel(moving_level, disp)
-            loss = _dissimilarity(similarity, fixed_level, warped, weight_level, window)
-            loss = loss + settings.regularisation * penalty(disp)
+            loss = loss_of(warped) + settings.regularisation * penalty(disp)
             optimizer.step(torch.autograd.grad(loss, params)[0], _cosine(iteration, settings.adam_iterations))
     with torch.no_grad():
         final_shape = tuple(max(int(math.ceil(n / levels[-1])), 4) for n in shape)

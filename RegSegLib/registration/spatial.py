@@ -7,6 +7,8 @@ millimetre fields (``[B, 3, K, J, I]``) uses the grid's IJK-to-RAS matrix.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -71,11 +73,73 @@ def resize_displacement(disp: torch.Tensor, shape_kji: tuple[int, int, int]) -> 
     return out.permute(0, 2, 3, 4, 1)
 
 
+def _box_sum(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
+    """Sum over a centred ``window`` along ``dim`` with zeros outside the tensor.
+
+    Windows up to 9 add shifted views in place; wider ones difference prefix sums (a cost
+    independent of the width).
+    """
+    radius = window // 2
+    size = x.shape[dim]
+    if window <= 9:
+        total = x.clone()
+        for offset in range(1, min(radius, size - 1) + 1):
+            total.narrow(dim, offset, size - offset).add_(x.narrow(dim, 0, size - offset))
+            total.narrow(dim, 0, size - offset).add_(x.narrow(dim, offset, size - offset))
+        return total
+    pads = [0] * (2 * x.ndim)
+    pads[2 * (x.ndim - 1 - dim)] = radius + 1
+    pads[2 * (x.ndim - 1 - dim) + 1] = radius
+    prefix = torch.cumsum(F.pad(x, pads), dim=dim)
+    return prefix.narrow(dim, window, size) - prefix.narrow(dim, 0, size)
+
+
+@functools.lru_cache(maxsize=16)
+def _inverse_counts(shape: tuple[int, int, int], window: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``1 / (number of in-grid voxels of the centred window)`` at every voxel, ``[1, 1, K, J, I]``."""
+    radius = window // 2
+    counts = []
+    for size in shape:
+        index = torch.arange(size, dtype=dtype, device=device)
+        counts.append((index + radius).clamp(max=size - 1) - (index - radius).clamp(min=0) + 1)
+    product = counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
+    return (1.0 / product)[None, None]
+
+
+class _BoxMean(torch.autograd.Function):
+    """Separable box mean over the last three axes, the window shrinking at the borders.
+
+    The mean is ``D^-1 S`` with ``S`` the symmetric band matrix of the window sums and ``D`` the
+    in-grid counts, so the gradient is ``S D^-1`` applied to the incoming gradient: both directions
+    cost three cheap separable passes, far less than ``avg_pool3d`` and its backward on a CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, window: int) -> torch.Tensor:
+        ctx.window = window
+        for dim in (2, 3, 4):
+            x = _box_sum(x, window, dim)
+        return x.mul_(_inverse_counts(tuple(x.shape[2:]), window, x.dtype, x.device))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad * _inverse_counts(tuple(grad.shape[2:]), ctx.window, grad.dtype, grad.device)
+        for dim in (2, 3, 4):
+            grad = _box_sum(grad, ctx.window, dim)
+        return grad, None
+
+
+def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Mean of ``[B, C, K, J, I]`` over centred ``window``-cubed boxes (only voxels inside the grid count)."""
+    if window <= 1:
+        return x
+    return _BoxMean.apply(x.contiguous(), int(window))
+
+
 def smooth_average(x: torch.Tensor, kernel: int = 3, repeats: int = 1) -> torch.Tensor:
-    """Repeated ``kernel``-cubed average filtering of ``[B, C, K, J, I]`` with replicate padding."""
-    pad = kernel // 2
+    """Repeated ``kernel``-cubed box mean of ``[B, C, K, J, I]`` (only voxels inside the grid count)."""
     for _ in range(repeats):
-        x = F.avg_pool3d(F.pad(x, [pad] * 6, mode="replicate"), kernel, stride=1)
+        x = box_mean(x, kernel)
     return x
 
 
