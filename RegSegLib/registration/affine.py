@@ -33,6 +33,8 @@ from RegSegLib.volume import Volume
 
 METRICS: tuple[str, ...] = ("mse", "ncc", "lncc", "mi", "mind")
 INITIALISATIONS: tuple[str, ...] = ("identity", "centres", "moments")
+MULTI_MODAL_METRICS: tuple[str, ...] = ("mi", "mind")
+"""Metrics for images whose intensities need not correspond (different modalities or contrasts)."""
 MIND_EXTRA_ROUNDS: int = 2
 """Extra rounds of the finest level for ``mind``, each with descriptors recomputed in the latest frame."""
 
@@ -290,7 +292,7 @@ def register_affine(
     *,
     family: str = "affine",
     metric: str = "ncc",
-    init: str = "moments",
+    init: str | None = None,
     fixed_mask: Volume | None = None,
     moving_mask: Volume | None = None,
     initial: AffineTransform | None = None,
@@ -313,7 +315,10 @@ def register_affine(
         metric: ``ncc`` (mono-modal, default), ``mse``, ``lncc`` (dense, slower), ``mi`` or ``mind``
             (multi-modal).
         init: ``identity``, ``centres`` (grid centres) or ``moments`` (intensity centres of mass);
-            ignored when ``initial`` is given.
+            ignored when ``initial`` is given. ``None`` chooses ``moments`` for the mono-modal
+            metrics and ``centres`` for ``mi`` and ``mind``: intensity centres of mass only
+            correspond when the intensities mean the same tissue (an ultrasound fan or a DWI
+            background moves them away from the anatomy).
         fixed_mask: optional mask on any grid (resampled to the fixed grid); zero excludes voxels.
         moving_mask: optional mask of the moving image, warped with it.
         initial: a starting fixed-to-moving transform (e.g. a network prediction).
@@ -339,6 +344,8 @@ def register_affine(
         ValueError: unknown family, metric or initialisation, or mismatched inputs.
         Cancelled: the progress reporter's cancel event was set.
     """
+    if init is None:
+        init = "centres" if metric in MULTI_MODAL_METRICS else "moments"
     _check_inputs(fixed, moving, family, metric, init, levels, iterations)
     progress = progress or Progress()
     torch_device = resolve_device(device)
