@@ -47,6 +47,10 @@ REGISTER_OUTPUTS = (
 )
 """Every file ``regseg register`` may write into its output folder."""
 METRICS = ("mse", "ncc", "lncc", "mi", "mind")
+DEFORMABLE_PRESETS = ("default", "large-motion")
+"""The names of ``deformable.PRESETS``, and below ``affine``'s default pyramid: kept here so that parsing
+the command line does not import torch (a test checks that they agree)."""
+DEFAULT_AFFINE_LEVELS = (4.0, 2.0, 1.0)
 LINE_INTERVAL_S = 0.25
 LINE_STEP = 0.01
 """``PROGRESS`` lines are printed at most every :data:`LINE_INTERVAL_S` unless the fraction grew by :data:`LINE_STEP`."""
@@ -307,6 +311,30 @@ def _similarity_report(fixed, before, after, metric: str, fixed_mask) -> dict[st
 # ----------------------------------------------------------------------------------------------
 
 
+def _affine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords of ``register_affine`` given on the command line."""
+    options: dict[str, Any] = {}
+    if args.levels:
+        options["levels"] = tuple(args.levels)
+    if args.iterations:
+        options["iterations"] = tuple(args.iterations)
+    return options
+
+
+def _deformable_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords of ``register_deformable`` given on the command line."""
+    options: dict[str, Any] = {"preset": args.preset}
+    if args.deformable_iterations:
+        options["adam_iterations"] = args.deformable_iterations[0]
+        if len(args.deformable_iterations) == 2:
+            options["fine_iterations"] = args.deformable_iterations[1]
+    if args.regularisation is not None:
+        options["regularisation"] = args.regularisation
+    if args.spacing is not None:
+        options["spacing_mm"] = args.spacing
+    return options
+
+
 def command_register(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
     """``regseg register``: registers MOVING to FIXED and writes the result folder."""
     from RegSegLib.evaluation import dice_per_label, jacobian_statistics, json_ready, mean_ignoring_nan
@@ -346,6 +374,8 @@ def command_register(args: argparse.Namespace, report: Callable[[float, str], No
             diffeomorphic=args.diffeomorphic,
             device=device,
             progress=Progress(report).sub(0.05, 0.8),
+            affine_options=_affine_options(args),
+            deformable_options=_deformable_options(args),
         )
 
         report(0.85, "writing results")
@@ -368,6 +398,7 @@ def command_register(args: argparse.Namespace, report: Callable[[float, str], No
             "metric": args.metric,
             "diffeomorphic": bool(args.diffeomorphic),
             "initial_transform": args.init,
+            "settings": {"affine": _affine_options(args), "deformable": _deformable_options(args)},
             "device": str(device),
             "similarity": _similarity_report(fixed, before, warped, args.metric or "lncc", fixed_mask),
         }
@@ -509,6 +540,32 @@ def _label_list(text: str) -> list[int]:
     return labels
 
 
+def _number_list(kind: type, what: str, zero_allowed: bool = False):
+    """An argparse type: comma-separated positive (or, when allowed, zero) numbers of ``kind``."""
+    sign = "non-negative" if zero_allowed else "positive"
+
+    def parse(text: str) -> list:
+        try:
+            values = [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from exc
+        if not values or any(value < 0 or (value == 0 and not zero_allowed) for value in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated {sign} {what}, got {text!r}")
+        return values
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _non_negative(text: str) -> int:
     try:
         value = int(text)
@@ -566,6 +623,29 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--fixed-channel", type=_non_negative, metavar="N", help="channel of a 4D fixed image")
     reg.add_argument("--moving-channel", type=_non_negative, metavar="N", help="channel of a 4D moving image")
     reg.add_argument("--diffeomorphic", action="store_true", help="deformable stage as a stationary velocity field")
+    advanced = reg.add_argument_group("advanced settings (defaults: the engine's published settings)")
+    advanced.add_argument(
+        "--levels", type=_number_list(float, "pyramid factors"), metavar="4,2,1",
+        help="affine pyramid factors, coarse to fine (level f works at f times the base spacing)",
+    )
+    advanced.add_argument(
+        "--iterations", type=_number_list(int, "iteration counts"), metavar="60,20,10",
+        help="affine iterations per pyramid level (as many as --levels)",
+    )
+    advanced.add_argument(
+        "--deformable-iterations", type=_number_list(int, "iteration counts", zero_allowed=True), metavar="12,8",
+        help="deformable Adam iterations: on the control grid, then (optional) on the full working grid; 0 skips",
+    )
+    advanced.add_argument(
+        "--regularisation", type=_positive_float, metavar="W", help="deformable smoothness weight (default 1)"
+    )
+    advanced.add_argument(
+        "--preset", choices=DEFORMABLE_PRESETS, default="default",
+        help="deformable settings: default, or large-motion (breathing-size motion, +-12 working voxels)",
+    )
+    advanced.add_argument(
+        "--spacing", type=_positive_float, metavar="MM", help="isotropic working resolution of the deformable stage"
+    )
     reg.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     reg.set_defaults(handler=command_register)
 
@@ -605,6 +685,10 @@ def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespac
             parser.error("--fixed-labels and --moving-labels go together")
         if args.labels and not args.fixed_labels:
             parser.error("--labels needs --fixed-labels and --moving-labels")
+        if args.iterations and len(args.iterations) != len(args.levels or DEFAULT_AFFINE_LEVELS):
+            parser.error("--iterations needs one count per pyramid level (--levels)")
+        if args.deformable_iterations and len(args.deformable_iterations) > 2:
+            parser.error("--deformable-iterations takes one or two counts")
     if args.command == "evaluate":
         if bool(args.fixed_labels) != bool(args.warped_labels):
             parser.error("--fixed-labels and --warped-labels go together")

@@ -413,3 +413,45 @@ def test_evaluate_cubes_and_landmarks(tmp_path, capsys):
     assert results["landmarks_before"]["mean"] == pytest.approx(5.0, abs=1e-5)
     assert results["landmarks"]["max"] == pytest.approx(0.0, abs=1e-4)
     assert results["landmarks"]["count"] == 20
+
+
+def test_cli_setting_names_agree_with_the_engines():
+    from RegSegLib.registration.affine import register_affine
+    from RegSegLib.registration.deformable import PRESETS
+
+    assert set(cli.DEFORMABLE_PRESETS) == set(PRESETS)
+    import inspect
+
+    assert tuple(inspect.signature(register_affine).parameters["levels"].default) == cli.DEFAULT_AFFINE_LEVELS
+
+
+def test_advanced_settings_reach_the_engines(pair, tmp_path):
+    """A two-level affine pyramid still recovers the shift; deformable settings are recorded and used.
+
+    With zero Adam iterations and the regularisation irrelevant, the deformable stage keeps only the
+    discrete search, so its field differs from the default run's (which refines it).
+    """
+    out = tmp_path / "result"
+    code = cli.main(
+        ["register", pair["fixed"], pair["moving"], "-o", str(out), "--method", "deformable", "--progress", "none",
+         "--levels", "2,1", "--iterations", "40,10", "--deformable-iterations", "0,0", "--regularisation", "2",
+         "--preset", "large-motion", *FAST_RIGID]
+    )  # fmt: skip
+    assert code == 0
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings == {
+        "affine": {"levels": [2.0, 1.0], "iterations": [40, 10]},
+        "deformable": {"preset": "large-motion", "adam_iterations": 0, "fine_iterations": 0, "regularisation": 2.0},
+    }
+    np.testing.assert_allclose(read_transform(out / "affine.tfm").matrix[:3, 3], SHIFT, atol=1.0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--levels", "4,2,1", "--iterations", "5,5"], ["--deformable-iterations", "1,2,3"], ["--regularisation", "-1"],
+     ["--levels", "2,x"], ["--preset", "huge"]],
+)  # fmt: skip
+def test_bad_advanced_settings_exit_2(pair, tmp_path, options, capsys):
+    assert cli.main(["register", pair["fixed"], pair["moving"], "-o", str(tmp_path / "out"), *options]) == 2
+    assert "usage" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

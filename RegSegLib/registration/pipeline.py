@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field as dataclass_field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -87,6 +87,8 @@ def register(
     diffeomorphic: bool = False,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
+    affine_options: dict[str, Any] | None = None,
+    deformable_options: dict[str, Any] | None = None,
 ) -> RegistrationResult:
     """Registers ``moving`` to ``fixed``.
 
@@ -101,7 +103,7 @@ def register(
         method: ``"affine"`` or ``"deformable"`` (affine stage, then a dense displacement field).
         family: the affine stage's family: ``rigid``, ``similarity``, ``anisotropic`` or ``affine``.
         metric: similarity measure of both stages (``lncc``, ``ncc``, ``mse``, ``mi``, ``mind``); ``None`` uses
-            each stage's default (``lncc`` affine, ``mind`` deformable). The deformable stage has no mutual
+            each stage's default (``ncc`` affine, ``lncc`` deformable). The deformable stage has no mutual
             information; with ``mi`` it uses ``mind``, the other multi-modal measure.
         fixed_mask: optional ``[1, K, J, I]`` mask on the fixed grid.
         moving_mask: optional mask on the moving grid.
@@ -110,6 +112,11 @@ def register(
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: progress reporter; the affine stage takes all of it for ``method="affine"`` and
             :data:`AFFINE_SHARE_OF_DEFORMABLE` of it otherwise.
+        affine_options: further keywords of :func:`~RegSegLib.registration.affine.register_affine`
+            (``levels``, ``iterations``, ...).
+        deformable_options: further keywords of
+            :func:`~RegSegLib.registration.deformable.register_deformable` (``preset``,
+            ``regularisation``, ``spacing_mm``, ...).
 
     Returns:
         :class:`RegistrationResult`.
@@ -147,6 +154,7 @@ def register(
         progress=progress.sub(0.0, affine_share),
         **({"init": "identity"} if pre_parts else {}),
         **metric_options,
+        **(affine_options or {}),
     )
     seconds["affine"] = time.perf_counter() - start
 
@@ -165,6 +173,7 @@ def register(
             device=device,
             progress=progress.sub(affine_share, 1.0 - affine_share),
             **({} if metric is None else {"similarity": DEFORMABLE_SIMILARITY.get(metric, metric)}),
+            **(deformable_options or {}),
         )
         seconds["deformable"] = time.perf_counter() - start
 
