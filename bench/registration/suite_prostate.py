@@ -37,26 +37,31 @@ def case_names(ctx: Context) -> list[str]:
     return names[: ctx.cases] if ctx.cases else names
 
 
-def prepare(ctx: Context, case: str) -> dict[str, str]:
-    """Splits the 4D label files into one 3D float file per channel (gland, two landmark blobs)."""
+def prepare(ctx: Context, case: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Splits the label files into one 3D float file per channel (gland, up to two landmark blobs).
+
+    Returns:
+        The file paths and the channels this case has (some cases have the gland only, or one blob).
+    """
     folder = ctx.work / "inputs" / "prostate" / case
     files = {"fixed": str(DATA / "us" / f"{case}.nii.gz"), "moving": str(DATA / "mr" / f"{case}.nii.gz")}
+    counts = []
     for side, source in (("fixed", "us_labels"), ("moving", "mr_labels")):
-        labels = None
-        for index, channel in enumerate(CHANNELS):
+        labels = read_volume(DATA / source / f"{case}.nii.gz")
+        counts.append(labels.num_channels)
+        for index, channel in enumerate(CHANNELS[: labels.num_channels]):
             path = folder / f"{side}_{channel}.nii.gz"
             if not path.exists():
-                labels = labels or read_volume(DATA / source / f"{case}.nii.gz")
                 write_nifti(Volume(labels.data[index : index + 1].float(), labels.ijk_to_ras), path)
             files[f"{side}_{channel}"] = str(path)
-    return files
+    return files, CHANNELS[: min(counts)]
 
 
 def evaluate(fixed_masks: dict, warped_masks: dict, ijk_to_ras: np.ndarray) -> dict:
-    """Gland Dice and the distance between fixed and warped landmark-blob centroids (mm)."""
+    """Gland Dice and the distance between fixed and warped landmark-blob centroids (mm), for the blobs the case has."""
     gland = dice_per_label(fixed_masks["gland"].long(), warped_masks["gland"].long(), [1])[1]
     distances = []
-    for channel in CHANNELS[1:]:
+    for channel in [c for c in CHANNELS[1:] if c in fixed_masks]:
         a = centroid_ras(fixed_masks[channel], ijk_to_ras)
         b = centroid_ras(warped_masks[channel], ijk_to_ras)
         distances.append(float(np.linalg.norm(a - b)) if a is not None and b is not None else math.nan)
@@ -74,12 +79,12 @@ def run(ctx: Context) -> tuple[str, dict]:
     cases = case_names(ctx)
     for number, case in enumerate(cases):
         log(f"suite 2 prostate-mr-us {case} ({number + 1}/{len(cases)})")
-        files = prepare(ctx, case)
+        files, channels = prepare(ctx, case)
         fixed = read_volume(files["fixed"])
-        fixed_masks = {c: read_mask(files[f"fixed_{c}"]) for c in CHANNELS}
+        fixed_masks = {c: read_mask(files[f"fixed_{c}"]) for c in channels}
         initial = {
             c: resample(read_volume(files[f"moving_{c}"]).to(dtype=torch.float32), fixed).data[0] > 0.5
-            for c in CHANNELS
+            for c in channels
         }
         rows.append({"case": case, "method": "initial", "run": "identity", **evaluate(fixed_masks, initial, fixed.ijk_to_ras)})
         for method, transform in method_variants(ctx, ["affine", "deformable"]):
@@ -87,11 +92,11 @@ def run(ctx: Context) -> tuple[str, dict]:
             result = ctx.run_job(
                 method, out, fixed=files["fixed"], moving=files["moving"], transform=transform,
                 metric=REGSEG_METRIC if method == "regseg" else None,
-                warp=[(files[f"moving_{c}"], "linear") for c in CHANNELS],
+                warp=[(files[f"moving_{c}"], "linear") for c in channels],
             )
             row = {"case": case, "method": method, "run": methods.peer_label(method, transform), **result}
             if "error" not in result:
-                warped = {c: read_mask(out / methods.warped_name(files[f"moving_{c}"])) for c in CHANNELS}
+                warped = {c: read_mask(out / methods.warped_name(files[f"moving_{c}"])) for c in channels}
                 row.update(evaluate(fixed_masks, warped, fixed.ijk_to_ras))
             rows.append(row)
             ctx.finish_job(out)
@@ -119,7 +124,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         "## Suite 2: prostate-mr-us (MR moving -> US fixed)",
         "",
         f"{len(cases)} pairs ({', '.join(cases) if len(cases) <= 4 else cases[0] + ' ... ' + cases[-1]}). Gland = "
-        "channel 0 of the 4D label files, landmark blobs = channels 1-2, each warped as a float mask with linear "
+        "channel 0 of the label files, landmark blobs = channels 1-2 where the case has them, each warped as a float mask with linear "
         "interpolation by the method's own tool and thresholded at 0.5. Landmark error = distance between the "
         "centroids of the fixed blob and of the warped moving blob (a blob that vanishes counts as lost and is left "
         f"out of the mean). RegSeg uses metric `{REGSEG_METRIC}` for both stages; ANTsPy and elastix use their "
