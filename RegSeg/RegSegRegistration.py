@@ -33,6 +33,7 @@ from slicer.util import VTKObservationMixin
 
 from RegSegSlicerLib.paths import ensure_regseglib_importable
 from RegSegSlicerLib.registration import (
+    DEFORMABLE_PRESETS,
     DEVICES,
     METHODS,
     METRICS,
@@ -41,6 +42,7 @@ from RegSegSlicerLib.registration import (
     RegistrationJob,
     RegistrationOutputs,
     RegistrationRequest,
+    parse_number_list,
 )
 
 ensure_regseglib_importable()
@@ -82,7 +84,10 @@ class RegSegRegistration(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class RegSegRegistrationParameterNode:
-    """The module's settings, bound to the .ui widgets through their ``SlicerParameterName`` property."""
+    """The module's settings, bound to the .ui widgets through their ``SlicerParameterName`` property.
+
+    Advanced settings keep the engine's default when left empty (comma lists) or at 0 (regularisation, spacing).
+    """
 
     fixed_volume: vtkMRMLScalarVolumeNode
     moving_volume: vtkMRMLScalarVolumeNode
@@ -96,6 +101,12 @@ class RegSegRegistrationParameterNode:
     metric: Annotated[str, Choice([DEFAULT_METRIC, *METRICS])] = DEFAULT_METRIC
     diffeomorphic: bool = False
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    levels: str = ""
+    iterations: str = ""
+    deformable_iterations: str = ""
+    regularisation: float = 0.0
+    preset: Annotated[str, Choice(list(DEFORMABLE_PRESETS))] = "default"
+    spacing_mm: float = 0.0
     output_transform: Optional[vtkMRMLTransformNode]
     output_volume: Optional[vtkMRMLScalarVolumeNode]
     output_table: Optional[vtkMRMLTableNode]
@@ -298,7 +309,11 @@ class RegSegRegistrationLogic(ScriptedLoadableModuleLogic):
         self.dependencies_ready = True
 
     def request_from_parameters(self, parameters, fixed_mask_segments=None, moving_mask_segments=None) -> RegistrationRequest:
-        """A :class:`RegistrationRequest` from the parameter node (and the segments chosen in the panel)."""
+        """A :class:`RegistrationRequest` from the parameter node (and the segments chosen in the panel).
+
+        Raises:
+            ValueError: an advanced comma list that is not numbers (e.g. ``"4,x"``).
+        """
         return RegistrationRequest(
             fixed_volume=parameters.fixed_volume,
             moving_volume=parameters.moving_volume,
@@ -314,6 +329,12 @@ class RegSegRegistrationLogic(ScriptedLoadableModuleLogic):
             moving_labels=parameters.moving_labels,
             diffeomorphic=parameters.diffeomorphic,
             device=parameters.device,
+            levels=parse_number_list(parameters.levels, float, "pyramid levels"),
+            iterations=parse_number_list(parameters.iterations, int, "affine iterations"),
+            deformable_iterations=parse_number_list(parameters.deformable_iterations, int, "deformable iterations"),
+            regularisation=parameters.regularisation or None,
+            preset=parameters.preset,
+            spacing_mm=parameters.spacing_mm or None,
             output_transform=parameters.output_transform,
             output_volume=parameters.output_volume,
             output_table=parameters.output_table,

@@ -3,6 +3,7 @@
 Inputs are two prostate MR volumes of ../shared/data (downsampled to 32x32x30), placed in the scene with
 non-trivial geometry: the fixed volume stored LPS-ordered (i along L, j along P), the moving volume oblique.
 One affine and one deformable run (with a segmentation mask and segmentation labels) are shared by the tests.
+A small deformable run with every advanced setting checks that they reach the engine.
 
 Geometry error = largest distance between corresponding points (grid corners, test points), in mm.
 """
@@ -333,6 +334,38 @@ def test_segmentation_mask_becomes_the_right_label_map(prostate, module):
     moving_grid_map = module.nodes.as_label_map(prostate["moving_segmentation"], prostate["moving"], None, "mask")
     with pytest.raises(ValueError, match="is not on the grid of 'fixed MR'"):
         module.nodes.as_label_map(moving_grid_map, fixed, None, "fixed mask")
+
+
+# ------------------------------------------------------------------------------------------------ advanced settings
+
+
+def test_advanced_settings_reach_the_engine(prostate, module, tmp_path):
+    outputs, progress, log = run(
+        module,
+        prostate,
+        tmp_path / "result",
+        method="deformable",
+        levels=[2, 1],
+        iterations=[20, 10],
+        deformable_iterations=[0, 0],
+        regularisation=2.0,
+        preset="large-motion",
+        spacing_mm=4.0,
+    )
+    assert outputs.metrics["settings"] == {
+        "affine": {"levels": [2.0, 1.0], "iterations": [20, 10]},
+        "deformable": {
+            "preset": "large-motion",
+            "adam_iterations": 0,
+            "fine_iterations": 0,
+            "regularisation": 2.0,
+            "spacing_mm": 4.0,
+        },
+    }
+    assert not outputs.transform_node.IsLinear() and progress[-1] == 1.0
+    command = next(line for line in log if line.startswith("running: "))
+    assert "--levels 2.0,1.0 --iterations 20,10 --deformable-iterations 0,0" in command
+    prostate["scene"].RemoveNode(outputs.transform_node)
 
 
 # ------------------------------------------------------------------------------------------------ cancel, failure

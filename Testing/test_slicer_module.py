@@ -264,3 +264,126 @@ def test_batch_script_fails_with_one_line_and_status_2_on_a_missing_file(tmp_pat
     )
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines()[-1] == f"slicer_register: error: {tmp_path / 'absent.nrrd'}: file not found"
+
+
+# ------------------------------------------------------------------------------------------------ advanced settings
+
+DEFAULT_ARGUMENTS = ["--method", "affine", "--transform", "affine", "--device", "auto", "--progress", "lines"]
+
+
+def small_volume(name: str):
+    import numpy as np
+
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    slicer.util.updateVolumeFromArray(node, np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
+    return node
+
+
+def test_advanced_settings_become_exactly_the_cli_options_and_defaults_none():
+    from RegSegLib import cli
+
+    with slicer_module_standins():
+        from RegSegSlicerLib.registration import RegistrationRequest, command_arguments
+
+    files = {"fixed": "/w/fixed.nrrd", "moving": "/w/moving.nrrd"}
+    head = ["register", "/w/fixed.nrrd", "/w/moving.nrrd", "-o", "/w/result"]
+    assert command_arguments(RegistrationRequest(None, None), files, "/w/result") == head + DEFAULT_ARGUMENTS
+    request = RegistrationRequest(
+        None,
+        None,
+        method="deformable",
+        levels=[2, 1.5],
+        iterations=(20, 10),
+        deformable_iterations=[0, 5],
+        regularisation=2.5,
+        preset="large-motion",
+        spacing_mm=3,
+    )
+    args = command_arguments(request, files, "/w/result")
+    assert args[len(head) + 6 : -2] == [
+        "--levels", "2.0,1.5",
+        "--iterations", "20,10",
+        "--deformable-iterations", "0,5",
+        "--regularisation", "2.5",
+        "--preset", "large-motion",
+        "--spacing", "3.0",
+    ]
+    parsed = cli.build_parser().parse_args(args)
+    assert (parsed.levels, parsed.iterations, parsed.deformable_iterations) == ([2.0, 1.5], [20, 10], [0, 5])
+    assert (parsed.regularisation, parsed.preset, parsed.spacing) == (2.5, "large-motion", 3.0)
+
+
+def test_slicer_side_presets_and_pyramid_agree_with_the_cli():
+    from RegSegLib import cli
+
+    with slicer_module_standins():
+        from RegSegSlicerLib import registration
+
+    assert registration.DEFORMABLE_PRESETS == cli.DEFORMABLE_PRESETS
+    assert registration.DEFAULT_AFFINE_LEVELS == cli.DEFAULT_AFFINE_LEVELS
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"levels": [4, 0, 1]}, r"The pyramid levels must be positive numbers, got 4, 0, 1\."),
+        ({"levels": []}, r"The pyramid levels are empty"),
+        ({"iterations": [60, 20]}, r"one count per pyramid level: 3 levels, 2 counts"),
+        ({"levels": [2, 1], "iterations": [20, 10, 5]}, r"one count per pyramid level: 2 levels, 3 counts"),
+        ({"iterations": [60, 0, 10]}, r"The affine iterations must be positive whole numbers"),
+        ({"iterations": [60, 2.5, 10]}, r"The affine iterations must be positive whole numbers"),
+        ({"deformable_iterations": [12, -1]}, r"The deformable iterations must be non-negative whole numbers"),
+        ({"deformable_iterations": [12, 8, 4]}, r"take one or two counts .* got 3"),
+        ({"regularisation": 0.0}, r"The regularisation weight must be a positive number, got 0\.0\."),
+        ({"spacing_mm": -2.0}, r"The deformable spacing must be a positive number, got -2\.0\."),
+        ({"spacing_mm": float("nan")}, r"The deformable spacing must be a positive number"),
+        ({"preset": "huge-motion"}, r"Unknown deformable preset 'huge-motion'; choose one of default, large-motion\."),
+    ],
+)
+def test_bad_advanced_settings_are_readable_value_errors(settings, message):
+    with slicer_module_standins():
+        from RegSegSlicerLib.registration import RegistrationRequest
+
+    fixed, moving = small_volume("fixed"), small_volume("moving")
+    RegistrationRequest(fixed, moving, levels=[2, 1], iterations=[20, 10], deformable_iterations=[0, 0]).validate()
+    RegistrationRequest(fixed, moving, iterations=[60, 20, 10], deformable_iterations=[12], preset="large-motion").validate()
+    with pytest.raises(ValueError, match=message):
+        RegistrationRequest(fixed, moving, **settings).validate()
+
+
+def panel_parameters(module, **values):
+    """The parameter node's fields with their defaults (``None`` for nodes), overridden by ``values``."""
+    import types
+
+    wrapper = module.RegSegRegistrationParameterNode
+    return types.SimpleNamespace(**{**{name: getattr(wrapper, name, None) for name in wrapper.parameter_names}, **values})
+
+
+def test_panel_fields_become_the_request_and_empty_or_zero_is_the_default():
+    with slicer_module_standins():
+        module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
+
+    logic = module.RegSegRegistrationLogic()
+    default = logic.request_from_parameters(panel_parameters(module))
+    assert (default.levels, default.iterations, default.deformable_iterations) == (None, None, None)
+    assert (default.regularisation, default.preset, default.spacing_mm) == (None, "default", None)
+    request = logic.request_from_parameters(
+        panel_parameters(
+            module,
+            levels=" 2, 1 ",
+            iterations="20,10",
+            deformable_iterations="0",
+            regularisation=0.5,
+            preset="large-motion",
+            spacing_mm=2.0,
+        )
+    )
+    assert (request.levels, request.iterations, request.deformable_iterations) == ([2.0, 1.0], [20, 10], [0])
+    assert (request.regularisation, request.preset, request.spacing_mm) == (0.5, "large-motion", 2.0)
+    with pytest.raises(ValueError, match=r"The pyramid levels must be comma-separated numbers, got '4,x'\."):
+        logic.request_from_parameters(panel_parameters(module, levels="4,x"))
+    with pytest.raises(ValueError, match=r"The affine iterations must be comma-separated whole numbers, got '60,,10'\."):
+        logic.request_from_parameters(panel_parameters(module, iterations="60,,10"))
+    with pytest.raises(ValueError, match=r"The deformable iterations must be comma-separated whole numbers"):
+        logic.request_from_parameters(panel_parameters(module, deformable_iterations="12.5"))

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import enum
 import json
+import math
+import numbers
 import shutil
 import tempfile
 import time
@@ -33,6 +35,10 @@ METHODS = ("affine", "deformable")
 TRANSFORM_FAMILIES = ("rigid", "similarity", "anisotropic", "affine")
 METRICS = ("lncc", "ncc", "mse", "mi", "mind")
 DEVICES = ("auto", "cpu", "cuda")
+DEFORMABLE_PRESETS = ("default", "large-motion")
+"""Deformable settings presets of ``regseg register --preset`` (kept equal to ``RegSegLib.cli``'s by a test)."""
+DEFAULT_AFFINE_LEVELS = (4.0, 2.0, 1.0)
+"""The engine's affine pyramid: ``iterations`` without ``levels`` gives one count per level of it."""
 
 
 class JobState(enum.Enum):
@@ -81,6 +87,13 @@ class RegistrationRequest:
         fixed_labels, moving_labels: label maps or segmentations for Dice (segmentations matched by name).
         diffeomorphic: deformable stage as a stationary velocity field.
         device: ``auto``, ``cpu`` or ``cuda``.
+        levels: affine pyramid factors, coarse to fine (positive); ``None`` = the engine's (4, 2, 1).
+        iterations: affine iterations per pyramid level (positive, one per level); ``None`` = the engine's.
+        deformable_iterations: deformable Adam iterations on the control grid, then optionally on the full
+            working grid (one or two counts, 0 skips); ``None`` = the preset's.
+        regularisation: deformable smoothness weight (positive); ``None`` = the preset's (1).
+        preset: deformable settings preset, ``default`` or ``large-motion``.
+        spacing_mm: isotropic working resolution of the deformable stage in mm (positive); ``None`` = the fixed grid.
         output_transform: transform node that receives the result (created when ``None``).
         output_volume: volume node that receives the warped moving volume (not loaded when ``None``).
         output_table: table node that receives Dice per label (created when labels are given and it is ``None``).
@@ -100,6 +113,12 @@ class RegistrationRequest:
     moving_labels: Any = None
     diffeomorphic: bool = False
     device: str = "auto"
+    levels: Sequence[float] | None = None
+    iterations: Sequence[int] | None = None
+    deformable_iterations: Sequence[int] | None = None
+    regularisation: float | None = None
+    preset: str = "default"
+    spacing_mm: float | None = None
     output_transform: Any = None
     output_volume: Any = None
     output_table: Any = None
@@ -114,6 +133,7 @@ class RegistrationRequest:
             (self.method, METHODS, "method"),
             (self.transform_family, TRANSFORM_FAMILIES, "transform family"),
             (self.device, DEVICES, "device"),
+            (self.preset, DEFORMABLE_PRESETS, "deformable preset"),
         ):
             if value not in allowed:
                 raise ValueError(f"Unknown {what} {value!r}; choose one of {', '.join(allowed)}.")
@@ -121,6 +141,7 @@ class RegistrationRequest:
             raise ValueError(f"Unknown similarity {self.metric!r}; choose one of {', '.join(METRICS)}.")
         if (self.fixed_labels is None) != (self.moving_labels is None):
             raise ValueError("Dice needs both fixed and moving labels (or neither).")
+        self._validate_advanced()
         inputs = [self.fixed_volume, self.moving_volume, self.fixed_mask, self.moving_mask, self.fixed_labels, self.moving_labels, self.initial_transform]
         for output in (self.output_transform, self.output_volume, self.output_table):
             if output is not None and any(output is given for given in inputs):
@@ -132,6 +153,66 @@ class RegistrationRequest:
                 f"A {self.method} result is not linear; choose a transform node that is not a linear transform "
                 f"instead of {nodes.node_label(self.output_transform)}."
             )
+
+    def _validate_advanced(self) -> None:
+        """Checks the advanced settings with the rules of ``regseg register``."""
+        _check_counts(self.levels, "pyramid levels", float, zero_allowed=False)
+        _check_counts(self.iterations, "affine iterations", int, zero_allowed=False)
+        _check_counts(self.deformable_iterations, "deformable iterations", int, zero_allowed=True)
+        if self.iterations is not None:
+            levels = self.levels if self.levels is not None else DEFAULT_AFFINE_LEVELS
+            if len(self.iterations) != len(levels):
+                raise ValueError(
+                    f"The affine iterations need one count per pyramid level: {len(levels)} levels, "
+                    f"{len(self.iterations)} counts."
+                )
+        if self.deformable_iterations is not None and len(self.deformable_iterations) > 2:
+            raise ValueError(
+                "The deformable iterations take one or two counts (control grid, then full resolution), "
+                f"got {len(self.deformable_iterations)}."
+            )
+        for value, what in ((self.regularisation, "regularisation weight"), (self.spacing_mm, "deformable spacing")):
+            if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ValueError(f"The {what} must be a positive number, got {value!r}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_counts(values: Sequence[Any] | None, what: str, kind: type, zero_allowed: bool) -> None:
+    """Raises ``ValueError`` unless ``values`` is ``None`` or a non-empty list of positive (or zero) ``kind`` numbers."""
+    if values is None:
+        return
+    sign = "non-negative" if zero_allowed else "positive"
+    noun = "whole numbers" if kind is int else "numbers"
+    if len(values) == 0:
+        raise ValueError(f"The {what} are empty; give {sign} {noun} or leave them at the default.")
+    for value in values:
+        right_kind = _is_number(value) and math.isfinite(value) and (kind is float or float(value).is_integer())
+        if not right_kind or value < 0 or (value == 0 and not zero_allowed):
+            raise ValueError(f"The {what} must be {sign} {noun}, got {', '.join(str(v) for v in values)}.")
+
+
+def parse_number_list(text: str, kind: type, what: str) -> list | None:
+    """Comma-separated numbers as typed in the panel; empty text = ``None`` (the engine's default).
+
+    Args:
+        text: e.g. ``"4, 2, 1"``.
+        kind: ``int`` or ``float``.
+        what: what the numbers are, for the error message (e.g. ``"pyramid levels"``).
+
+    Raises:
+        ValueError: a part is not a number of ``kind`` (ranges are checked by :meth:`RegistrationRequest.validate`).
+    """
+    parts = [part.strip() for part in text.split(",")]
+    if not any(parts):
+        return None
+    try:
+        return [kind(part) for part in parts]
+    except ValueError:
+        noun = "whole numbers" if kind is int else "numbers"
+        raise ValueError(f"The {what} must be comma-separated {noun}, got {text.strip()!r}.") from None
 
 
 @dataclass
@@ -148,7 +229,7 @@ def command_arguments(request: RegistrationRequest, files: dict[str, str], outpu
     """The ``regseg register`` arguments (after ``python -m RegSegLib.cli``) for exported input files.
 
     Args:
-        request: the request (method, family, metric, device, flags).
+        request: the request (method, family, metric, device, flags, advanced settings; defaults give no option).
         files: exported files by role: ``fixed``, ``moving`` and optionally ``fixed_mask``, ``moving_mask``,
             ``initial``, ``fixed_labels``, ``moving_labels``.
         output_dir: the result folder.
@@ -168,6 +249,19 @@ def command_arguments(request: RegistrationRequest, files: dict[str, str], outpu
             args += [option, files[role]]
     if request.diffeomorphic:
         args.append("--diffeomorphic")
+    for values, option, kind in (
+        (request.levels, "--levels", float),
+        (request.iterations, "--iterations", int),
+        (request.deformable_iterations, "--deformable-iterations", int),
+    ):
+        if values is not None:
+            args += [option, ",".join(repr(kind(value)) for value in values)]
+    if request.regularisation is not None:
+        args += ["--regularisation", repr(float(request.regularisation))]
+    if request.preset != "default":
+        args += ["--preset", request.preset]
+    if request.spacing_mm is not None:
+        args += ["--spacing", repr(float(request.spacing_mm))]
     return args + ["--progress", "lines"]
 
 
