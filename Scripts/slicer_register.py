@@ -2,7 +2,9 @@
 
     Slicer --no-splash --no-main-window --python-script Scripts/slicer_register.py \\
         --fixed F --moving M --output-dir D [--method affine|deformable] [--transform rigid|...|affine] \\
-        [--metric M] [--device auto|cpu|cuda] [--install-dependencies]
+        [--metric M] [--device auto|cpu|cuda] [--install-dependencies] \\
+        [--levels 4,2,1] [--iterations 60,20,10] [--deformable-iterations 12,8] [--regularisation W] \\
+        [--preset default|large-motion] [--spacing MM]
 
 Writes ``D/transform.h5`` (the output transform node: fixed -> moving, "transform from parent"),
 ``D/warped.nrrd`` (the moving volume on the fixed grid) and keeps RegSeg's own result folder in
@@ -29,6 +31,13 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--metric", choices=("lncc", "ncc", "mse", "mi", "mind"), default=None)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--install-dependencies", action="store_true", help="install missing Python packages first")
+    advanced = parser.add_argument_group("advanced settings (as in regseg register; default: the engine's)")
+    advanced.add_argument("--levels", default="", metavar="4,2,1", help="affine pyramid factors, coarse to fine")
+    advanced.add_argument("--iterations", default="", metavar="60,20,10", help="affine iterations per level")
+    advanced.add_argument("--deformable-iterations", default="", metavar="12,8", help="deformable Adam iterations")
+    advanced.add_argument("--regularisation", type=float, default=None, metavar="W", help="deformable smoothness weight")
+    advanced.add_argument("--preset", choices=("default", "large-motion"), default="default", help="deformable preset")
+    advanced.add_argument("--spacing", type=float, default=None, metavar="MM", help="deformable working resolution")
     return parser.parse_args(argv)
 
 
@@ -70,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if str(MODULE_FOLDER) not in sys.path:
         sys.path.insert(0, str(MODULE_FOLDER))
     from RegSegSlicerLib import nodes
-    from RegSegSlicerLib.registration import RegistrationError
+    from RegSegSlicerLib.registration import RegistrationError, parse_number_list
 
     for path in (args.fixed, args.moving):
         if not Path(path).exists():
@@ -80,6 +89,18 @@ def run(args: argparse.Namespace) -> int:
         fixed = nodes.add_volume_file(scene, args.fixed, "fixed")
         moving = nodes.add_volume_file(scene, args.moving, "moving")
     except RuntimeError as exc:
+        print(f"slicer_register: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        advanced = {
+            "levels": parse_number_list(args.levels, float, "pyramid levels"),
+            "iterations": parse_number_list(args.iterations, int, "affine iterations"),
+            "deformable_iterations": parse_number_list(args.deformable_iterations, int, "deformable iterations"),
+            "regularisation": args.regularisation,
+            "preset": args.preset,
+            "spacing_mm": args.spacing,
+        }
+    except ValueError as exc:
         print(f"slicer_register: error: {exc}", file=sys.stderr)
         return 2
     output_dir = Path(args.output_dir)
@@ -101,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             metric=args.metric,
             device=args.device,
             output_volume=scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped"),
+            **advanced,
         )
     except ValueError as exc:
         print(f"slicer_register: error: {exc}", file=sys.stderr)

@@ -266,6 +266,45 @@ def test_batch_script_fails_with_one_line_and_status_2_on_a_missing_file(tmp_pat
     assert completed.stderr.strip().splitlines()[-1] == f"slicer_register: error: {tmp_path / 'absent.nrrd'}: file not found"
 
 
+def test_batch_script_registers_real_volumes_with_advanced_settings(tmp_path, shared_data):
+    """The batch script end to end on two prostate MR volumes (MRML from slicer-core, the child runs RegSegLib)."""
+    import json
+    import subprocess
+
+    import SimpleITK as sitk
+
+    folder = shared_data / "prostate-mr-us" / "mr"
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, str(REPOSITORY_ROOT / "Scripts" / "slicer_register.py"), "--fixed", str(folder / "case000000.nii.gz"),
+         "--moving", str(folder / "case000001.nii.gz"), "--output-dir", str(out), "--transform", "rigid",
+         "--device", "cpu", "--levels", "2,1", "--iterations", "20,10"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    transform = sitk.ReadTransform(str(out / "transform.h5"))
+    assert transform.GetDimension() == 3
+    warped = sitk.ReadImage(str(out / "warped.nrrd"))
+    fixed = sitk.ReadImage(str(folder / "case000000.nii.gz"))
+    assert warped.GetSize() == fixed.GetSize()
+    settings = json.loads((out / "regseg" / "metrics.json").read_text())["settings"]
+    assert settings["affine"] == {"levels": [2.0, 1.0], "iterations": [20, 10]}
+
+
+def test_batch_script_rejects_a_bad_advanced_list_with_status_2(tmp_path, shared_data):
+    import subprocess
+
+    image = shared_data / "prostate-mr-us" / "mr" / "case000000.nii.gz"
+    completed = subprocess.run(
+        [sys.executable, str(REPOSITORY_ROOT / "Scripts" / "slicer_register.py"), "--fixed", str(image),
+         "--moving", str(image), "--output-dir", str(tmp_path / "out"), "--levels", "4,x"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert completed.stderr.strip().splitlines()[-1] == "slicer_register: error: The pyramid levels must be comma-separated numbers, got '4,x'."
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------------ advanced settings
 
 DEFAULT_ARGUMENTS = ["--method", "affine", "--transform", "affine", "--device", "auto", "--progress", "lines"]
