@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from RegSegLib.registration import losses
+from RegSegLib.registration.mind import MIND_PAIRS
 from RegSegLib.registration.spatial import gaussian_smooth
 
 
@@ -72,6 +73,8 @@ def test_mind_features_shape_range_and_intensity_invariance():
     assert float(remapped) < 0.3 * float(moved)
     two_channels = losses.mind_ssc(torch.cat([image, 1.0 - image], dim=1))
     assert two_channels.shape == (1, 24, 20, 22, 24)
+    assert torch.allclose(two_channels[:, :12], features)
+    assert len(MIND_PAIRS) == 12
 
 
 def test_masks_exclude_regions():

@@ -22,14 +22,13 @@ this with a robust percentile scaling); mutual information clamps to that range.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from RegSegLib.registration.spatial import gaussian_smooth
+from RegSegLib.registration.mind import mind_ssc
 
 METRICS: dict[str, tuple[str, bool]] = {
     "mse": ("MSE", False),
@@ -197,55 +196,6 @@ def mutual_information(
     p_w = joint.sum(dim=0, keepdim=True)
     ratio = joint / (p_f * p_w).clamp_min(1e-12)
     return (joint * torch.log(ratio.clamp_min(1e-12))).sum()
-
-
-_NEIGHBOURS: tuple[tuple[int, int, int], ...] = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
-_SSC_PAIRS: tuple[tuple[int, int], ...] = tuple(
-    (a, b)
-    for a, b in itertools.combinations(range(6), 2)
-    if sum((x - y) ** 2 for x, y in zip(_NEIGHBOURS[a], _NEIGHBOURS[b])) == 2
-)
-
-
-def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
-    """MIND-SSC descriptor (Heinrich et al., MICCAI 2013: self-similarity context).
-
-    For each voxel ``x`` the six face neighbours ``x + dilation * n`` span an octahedron; each of its
-    twelve edges joins two neighbours ``sqrt(2) * dilation`` apart and gives a Gaussian-weighted
-    patch distance ``D_e(x) = sum_q G(q) (I(x + a_e + q) - I(x + b_e + q))^2`` (``sigma = radius``
-    voxels). Distances are shifted by their minimum over the twelve edges and normalised by their
-    mean ``V(x)`` (a local variance estimate, clamped to ``[1e-3, 1e3]`` times its image mean):
-    ``MIND_e(x) = exp(-(D_e - min D) / V)``, so the largest channel is 1 at every voxel. Axes of
-    size 1 are treated as constant.
-
-    Args:
-        image: ``[B, C, K, J, I]``; each channel gets its own twelve descriptor channels.
-        radius: patch radius (Gaussian sigma) in voxels.
-        dilation: distance of the six neighbours from the centre, in voxels.
-
-    Returns:
-        ``[B, 12 * C, K, J, I]`` descriptor in ``(0, 1]``.
-    """
-    if image.ndim != 5:
-        raise ValueError(f"mind_ssc expects [B, C, K, J, I], got {tuple(image.shape)}")
-    batch, channels, k, j, i = image.shape
-    x = image.float().reshape(batch * channels, 1, k, j, i)
-    padded = F.pad(x, [dilation] * 6, mode="replicate")
-
-    def shifted(index: int) -> torch.Tensor:
-        dk, dj, di = (dilation + dilation * o for o in _NEIGHBOURS[index])
-        return padded[:, :, dk : dk + k, dj : dj + j, di : di + i]
-
-    shifts = [shifted(n) for n in range(6)]
-    distances = torch.cat([(shifts[a] - shifts[b]) ** 2 for a, b in _SSC_PAIRS], dim=1)
-    distances = gaussian_smooth(distances, float(radius))
-    distances = distances - distances.min(dim=1, keepdim=True).values
-    variance = distances.mean(dim=1, keepdim=True)
-    mean_variance = variance.mean().detach()
-    variance = torch.maximum(variance, mean_variance * 1e-3 + 1e-10)
-    variance = torch.minimum(variance, mean_variance * 1e3 + 1e-10)
-    features = torch.exp(-distances / variance)
-    return features.reshape(batch, channels * len(_SSC_PAIRS), k, j, i)
 
 
 def mind_loss(

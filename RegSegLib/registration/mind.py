@@ -8,6 +8,8 @@ patch distances ``D_p(x)`` (box-filtered squared differences over a ``(2 radius 
 the local variance estimate ``V(x)`` = mean of the distances (after subtracting their minimum, which
 makes the descriptor invariant to a local intensity offset of the distances),
 ``MIND_p(x) = exp(-D_p(x) / V(x))``; the largest channel is 1 at every voxel.
+
+This is the one implementation the affine and deformable engines and the losses share.
 """
 
 from __future__ import annotations
@@ -38,23 +40,23 @@ MIND_PAIRS: tuple[tuple[int, int], ...] = tuple(
 
 
 def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.Tensor:
-    """MIND-SSC descriptor of a 3D image.
+    """MIND-SSC descriptor of a 3D image, twelve channels per input channel.
 
     Args:
-        image: ``[B, 1, K, J, I]`` float image.
+        image: ``[B, C, K, J, I]`` float image; each channel gets its own descriptor channels.
         radius: patch radius in voxels (box filter of width ``2 radius + 1``).
         dilation: distance in voxels between the centre and the six neighbours.
 
     Returns:
-        ``[B, 12, K, J, I]`` descriptor with values in ``(0, 1]``.
+        ``[B, 12 C, K, J, I]`` descriptor with values in ``(0, 1]``.
 
     Raises:
-        ValueError: the input is not ``[B, 1, K, J, I]``.
+        ValueError: the input is not ``[B, C, K, J, I]``.
     """
-    if image.ndim != 5 or image.shape[1] != 1:
-        raise ValueError(f"mind_ssc expects a [B, 1, K, J, I] image, got {tuple(image.shape)}")
-    image = image.float()
-    k, j, i = image.shape[2:]
+    if image.ndim != 5:
+        raise ValueError(f"mind_ssc expects a [B, C, K, J, I] image, got {tuple(image.shape)}")
+    batch, channels, k, j, i = image.shape
+    image = image.float().reshape(batch * channels, 1, k, j, i)
     pad = dilation
     padded = F.pad(image, [pad] * 6, mode="replicate")
 
@@ -67,6 +69,7 @@ def mind_ssc(image: torch.Tensor, radius: int = 1, dilation: int = 2) -> torch.T
     distances = smooth_average(distances, kernel=2 * radius + 1)
     distances = distances - distances.min(dim=1, keepdim=True).values
     variance = distances.mean(dim=1, keepdim=True)
-    mean_variance = variance.mean()
-    variance = variance.clamp(min=float(mean_variance) * 1e-3 + 1e-12, max=float(mean_variance) * 1e3 + 1e-12)
-    return torch.exp(-distances / variance)
+    mean_variance = float(variance.mean())
+    variance = variance.clamp(min=mean_variance * 1e-3 + 1e-12, max=mean_variance * 1e3 + 1e-12)
+    features = torch.exp(-distances / variance)
+    return features.reshape(batch, channels * len(MIND_PAIRS), k, j, i)
