@@ -374,9 +374,10 @@ def register_affine(
         coarse = int(np.argmax(levels))
         coarse_fixed, coarse_moving = fixed_levels[coarse], moving_levels[coarse]
         fixed_weights, moving_weights = coarse_fixed.data[0], coarse_moving.data[0]
-        if fixed_mask_f is not None:
+        # masks weight the moments only when both are given: a region on one side only (a gland mask on
+        # the fixed image) has a centre of mass that nothing on the other side corresponds to
+        if fixed_mask_f is not None and moving_mask_f is not None:
             fixed_weights = fixed_weights * resample(fixed_mask_f, coarse_fixed).data[0]
-        if moving_mask_f is not None:
             moving_weights = moving_weights * resample(moving_mask_f, coarse_moving).data[0]
         start = _initial_matrix(init, coarse_fixed, coarse_moving, fixed_weights, moving_weights)
 
