@@ -345,18 +345,15 @@ def similarity(fixed: torch.Tensor, warped: torch.Tensor, metric: str, mask: tor
         metric: ``mse``, ``ncc``, ``lncc``, ``mi``, ``mind`` or ``dice``.
         mask: optional ``[B, 1, K, J, I]`` weights.
     """
-    if metric == "mse":
-        value = mse(fixed, warped, mask)
-    elif metric == "ncc":
-        value = global_ncc(fixed, warped, mask)
-    elif metric == "lncc":
-        value = local_ncc(fixed, warped, mask)
-    elif metric == "mi":
-        value = mutual_information(fixed, warped, mask)
-    elif metric == "mind":
-        value = mind_loss(fixed, warped, mask)
-    elif metric == "dice":
-        value = dice(fixed, warped, mask)
-    else:
+    measures = {
+        "mse": mse,
+        "ncc": global_ncc,
+        "lncc": local_ncc,
+        "mi": mutual_information,
+        "mind": mind_loss,
+        "dice": dice,
+    }
+    if metric not in measures:
         raise ValueError(f"unknown similarity metric {metric!r}; choose one of {', '.join(METRICS)}")
+    value = measures[metric](fixed, warped, mask)
     return float(value)

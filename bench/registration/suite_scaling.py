@@ -8,6 +8,7 @@ iterations (affine: every pyramid level; deformable: the Adam stage) at 128^3.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -16,14 +17,16 @@ from bench.common import SHARED_DATA, markdown_table
 from bench.registration import methods
 from bench.registration.harness import METHOD_TITLES, Context, log, method_variants, resample_to_spacing, write_nifti
 from RegSegLib.io.volumes import read_volume
+from RegSegLib.registration.affine import register_affine
+from RegSegLib.registration.deformable import DeformableSettings
 
 SIZES = (64, 96, 128, 192, 256)
 QUICK_SIZES = (64, 96)
 SWEEP_SIZE = 128
-AFFINE_ITERATIONS = (100, 50, 25)
-"""RegSeg's default affine iterations per pyramid level (``register_affine``)."""
-DEFORMABLE_ITERATIONS = 60
-"""RegSeg's default Adam iterations of the deformable stage (``DeformableSettings.adam_iterations``)."""
+AFFINE_ITERATIONS = tuple(inspect.signature(register_affine).parameters["iterations"].default)
+"""RegSeg's default affine iterations per pyramid level (read from ``register_affine``)."""
+DEFORMABLE_ITERATIONS = (DeformableSettings().adam_iterations, DeformableSettings().fine_iterations)
+"""RegSeg's default Adam iterations of the deformable stage: on the control grid, on the full grid."""
 SWEEP_FACTORS = (0.25, 0.5, 1.0, 2.0)
 
 
@@ -67,12 +70,12 @@ def run(ctx: Context) -> tuple[str, dict]:
         files = prepare(ctx, sweep_size)
         for factor in factors:
             affine_iterations = [max(1, round(n * factor)) for n in AFFINE_ITERATIONS]
-            adam_iterations = max(1, round(DEFORMABLE_ITERATIONS * factor))
+            adam_iterations = [max(1, round(n * factor)) for n in DEFORMABLE_ITERATIONS]
             for transform in ("affine", "deformable"):
                 log(f"suite 6 iterations x{factor:g} {transform} at {sweep_size}^3")
                 options = {"affine": {"iterations": affine_iterations}}
                 if transform == "deformable":
-                    options["deformable"] = {"adam_iterations": adam_iterations}
+                    options["deformable"] = {"adam_iterations": adam_iterations[0], "fine_iterations": adam_iterations[1]}
                 out = ctx.job_dir("scaling", "sweep", f"{factor:g}", transform)
                 result = ctx.run_job("regseg", out, fixed=files["fixed"], moving=files["moving"], transform=transform,
                                      options=options)
@@ -99,8 +102,10 @@ def run(ctx: Context) -> tuple[str, dict]:
     )
     sweep_rows = [r for r in rows if r["sweep"]]
     sweep_table = markdown_table(
-        ["run", "iteration factor", "affine iterations per level", "deformable Adam iterations", "time s", "peak RSS MB"],
-        [[r["run"], r["factor"], "/".join(str(n) for n in r["affine_iterations"]), r["adam_iterations"],
+        ["run", "iteration factor", "affine iterations per level", "deformable Adam iterations (grid / full)", "time s",
+         "peak RSS MB"],
+        [[r["run"], r["factor"], "/".join(str(n) for n in r["affine_iterations"]),
+          "/".join(str(n) for n in r["adam_iterations"]) if r["adam_iterations"] else None,
           r.get("time_s"), r.get("peak_rss_mb")] for r in sweep_rows],
         digits=[0, 2, 0, 0, 1, 0],
     )
