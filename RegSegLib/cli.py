@@ -530,50 +530,46 @@ def _print_evaluation(results: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _label_list(text: str) -> list[int]:
-    try:
-        labels = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integer labels, got {text!r}") from exc
-    if not labels:
-        raise argparse.ArgumentTypeError("no label given")
-    return labels
+def _check_sign(value, text: str, lead: str, what: str, zero_allowed: bool) -> None:
+    if value < 0 or (value == 0 and not zero_allowed):
+        sign = "non-negative" if zero_allowed else "positive"
+        raise argparse.ArgumentTypeError(f"expected {lead}{sign} {what}, got {text!r}")
 
 
 def _number_list(kind: type, what: str, zero_allowed: bool = False):
     """An argparse type: comma-separated positive (or, when allowed, zero) numbers of ``kind``."""
-    sign = "non-negative" if zero_allowed else "positive"
 
     def parse(text: str) -> list:
         try:
             values = [kind(part) for part in text.split(",") if part.strip()]
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from exc
-        if not values or any(value < 0 or (value == 0 and not zero_allowed) for value in values):
-            raise argparse.ArgumentTypeError(f"expected comma-separated {sign} {what}, got {text!r}")
+        if not values:
+            raise argparse.ArgumentTypeError(f"no {what} given")
+        for value in values:
+            _check_sign(value, text, "comma-separated ", what, zero_allowed)
         return values
 
     return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _number(kind: type, what: str, zero_allowed: bool = False):
+    """An argparse type: one positive (or, when allowed, zero) number of ``kind``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected a {what}, got {text!r}") from exc
+        _check_sign(value, text, "a ", what, zero_allowed)
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a channel number, got {text!r}") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"channel numbers start at 0, got {value}")
-    return value
+_label_list = _number_list(int, "integer labels", zero_allowed=True)
+_non_negative = _number(int, "channel number", zero_allowed=True)
+_positive_float = _number(float, "number")
 
 
 def build_parser() -> argparse.ArgumentParser:
