@@ -35,6 +35,8 @@ METRICS: tuple[str, ...] = ("mse", "ncc", "lncc", "mi", "mind")
 INITIALISATIONS: tuple[str, ...] = ("identity", "centres", "moments")
 MULTI_MODAL_METRICS: tuple[str, ...] = ("mi", "mind")
 """Metrics for images whose intensities need not correspond (different modalities or contrasts)."""
+MIN_LEVEL_VOXELS: int = 256
+"""Fewest fixed voxels (inside the fixed mask) a pyramid level needs to be used."""
 MIND_EXTRA_ROUNDS: int = 2
 """Extra rounds of the finest level for ``mind``, each with descriptors recomputed in the latest frame."""
 
@@ -90,6 +92,40 @@ def _pyramid(volume: Volume, spacings: Sequence[np.ndarray], mask: Volume | None
         current = _downsample(current, spacing_ijk, inside)
         levels.append(current)
     return levels
+
+
+def _levels_with_enough_voxels(
+    levels: Sequence[float],
+    iterations: Sequence[int],
+    fixed_levels: list[Volume],
+    moving_levels: list[Volume],
+    fixed_mask: Volume | None,
+) -> tuple[list[float], list[int], list[Volume], list[Volume]]:
+    """Drops the coarse levels where the fixed region holds fewer than :data:`MIN_LEVEL_VOXELS` voxels.
+
+    A small mask (a prostate gland on a 3 mm grid holds a few dozen voxels) gives the coarsest levels
+    too few samples for a stable measure, and the first round, which takes the largest steps, runs
+    away. The first level kept takes over the coarsest level's iteration count. The finest level is
+    always kept.
+    """
+    counts = [
+        level.num_voxels if fixed_mask is None else int((resample(fixed_mask, level).data[0] > 0.5).sum())
+        for level in fixed_levels
+    ]
+    finest = int(np.argmin(levels))
+    keep = [n for n in range(len(levels)) if counts[n] >= MIN_LEVEL_VOXELS or n == finest]
+    if len(keep) == len(levels):
+        return list(levels), list(iterations), fixed_levels, moving_levels
+    coarsest = int(np.argmax(levels))
+    kept_iterations = [iterations[n] for n in keep]
+    first = int(np.argmax([levels[n] for n in keep]))
+    kept_iterations[first] = max(kept_iterations[first], iterations[coarsest])
+    return (
+        [levels[n] for n in keep],
+        kept_iterations,
+        [fixed_levels[n] for n in keep],
+        [moving_levels[n] for n in keep],
+    )
 
 
 def _auto_spacing(fixed: Volume, max_voxels: float = 2.0e6) -> float:
@@ -362,6 +398,9 @@ def register_affine(
     )
     fixed_levels = [fixed_levels[n] for n in np.argsort(order)]
     moving_levels = [moving_levels[n] for n in np.argsort(order)]
+    levels, iterations, fixed_levels, moving_levels = _levels_with_enough_voxels(
+        levels, iterations, fixed_levels, moving_levels, fixed_mask_f
+    )
     finest = int(np.argmin(levels))
     image_voxels = fixed_levels[finest].num_voxels + moving_levels[finest].num_voxels
     compared = fixed_levels[finest].num_voxels if metric == "lncc" else max_samples
