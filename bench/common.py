@@ -198,7 +198,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     import psutil
 
     packages = ("regseg", "torch", "numpy", "scipy", "nibabel", "SimpleITK", "antspyx", "itk", "itk-elastix", "psutil")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")
     gpu = None
     try:
         import torch
