@@ -23,6 +23,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import make_ijk_to_ras, rotation_about
+from slicer_standins import MODULE_FOLDER, import_file
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
 from RegSegLib.io.transforms import read_transform, write_transform
@@ -304,15 +305,8 @@ def vtk_to_numpy(matrix) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
-def grid_parts(transform) -> list:
-    """The ``vtkGridTransform`` parts of a VTK transform (searching general-transform concatenations)."""
-    if transform.IsA("vtkGridTransform"):
-        return [transform]
-    parts = []
-    if transform.IsA("vtkGeneralTransform"):
-        for index in range(transform.GetNumberOfConcatenatedTransforms()):
-            parts += grid_parts(transform.GetConcatenatedTransform(index))
-    return parts
+grid_parts = import_file(MODULE_FOLDER / "RegSegSlicerLib" / "nodes.py").grid_parts
+"""The ``vtkGridTransform`` parts of a VTK transform: the Slicer glue's own search (it imports slicer lazily)."""
 
 
 def map_points(vtk_transform, points: np.ndarray) -> np.ndarray:
