@@ -2,17 +2,22 @@
 
 * torch comes from the PyTorch extension (``PyTorchUtils``), which picks the right CPU/CUDA build.
 * The other packages are listed in ``Resources/requirements.txt`` with ``>=`` bounds. Slicer 5.12+ installs
-  them with ``slicer.packaging.pip_ensure`` (its own check, prompt, progress and restart offer); older
-  versions after a confirmation dialog with ``slicer.util.pip_install``.
+  them with ``pip_ensure`` of its package module (``slicer.packaging``, named ``slicer.pydeps`` when it first
+  appeared): its own check, prompt, progress and restart offer. Older versions install them after a
+  confirmation dialog with ``slicer.util.pip_install``.
 
 Checks use package metadata only: nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import re
+import subprocess
+from types import ModuleType
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,6 +26,8 @@ from RegSegSlicerLib.paths import MODULE_FOLDER
 REQUIREMENTS_FILE = MODULE_FOLDER / "Resources" / "requirements.txt"
 TORCH_REQUIREMENT = "torch>=2.2"
 REQUESTER = "RegSeg"
+PACKAGE_MODULES = ("slicer.packaging", "slicer.pydeps")
+"""Slicer's package modules with ``pip_ensure``, newest name first."""
 
 
 class DependencyError(RuntimeError):
@@ -83,6 +90,7 @@ def missing_requirements(
 
 def torch_missing() -> bool:
     """Whether torch is absent or older than :data:`TORCH_REQUIREMENT` (without importing it)."""
+    importlib.invalidate_caches()
     if importlib.util.find_spec("torch") is None:
         return True
     return bool(missing_requirements([TORCH_REQUIREMENT]))
@@ -109,29 +117,68 @@ def ensure_torch(slicer, interactive: bool = True) -> None:
         raise DependencyError("PyTorch was not installed; RegSeg cannot run without it.")
 
 
+def package_module() -> ModuleType | None:
+    """Slicer's package module with ``pip_ensure`` and ``load_requirements`` (Slicer 5.12+), else ``None``.
+
+    It is a submodule that Slicer does not import at start-up, so it is imported here, not looked up.
+    """
+    for name in PACKAGE_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements"):
+            return module
+    return None
+
+
+def installed_missing(requirements: Sequence[str]) -> list[str]:
+    """:func:`missing_requirements` after an install: the import system's caches are refreshed first."""
+    importlib.invalidate_caches()
+    return missing_requirements(requirements)
+
+
 def ensure_packages(slicer, requirements_file: str | Path = REQUIREMENTS_FILE, interactive: bool = True) -> None:
     """Installs the packages of the requirements file that are missing, after confirmation.
 
+    Args:
+        slicer: the ``slicer`` module (``slicer.util`` gives the dialogs and ``pip_install`` of older versions).
+        requirements_file: ``name>=version`` lines.
+        interactive: ask before installing.
+
     Raises:
-        DependencyError: the user declined, or the packages are still missing afterwards.
+        DependencyError: the user declined, pip failed, or the packages are still missing afterwards.
     """
     requirements = read_requirements(requirements_file)
-    if not missing_requirements(requirements):
+    missing = missing_requirements(requirements)
+    if not missing:
         return
-    packaging = getattr(slicer, "packaging", None)
-    if packaging is not None and hasattr(packaging, "pip_ensure"):
-        packaging.pip_ensure(packaging.load_requirements(str(requirements_file)), requester=REQUESTER)
-    else:
-        missing = missing_requirements(requirements)
-        if interactive and not slicer.util.confirmOkCancelDisplay(
-            "RegSeg needs these Python packages, which will be downloaded and installed now:\n\n"
-            + "\n".join(missing)
-            + "\n\nThis can take a few minutes.",
-            "RegSeg: install Python packages",
-        ):
-            raise DependencyError("RegSeg's Python packages were not installed: " + ", ".join(missing))
-        slicer.util.pip_install(missing)
-    still_missing = missing_requirements(requirements)
+    packages = package_module()
+    try:
+        if packages is not None:
+            options = {"requester": REQUESTER}
+            if "prompt_install" in inspect.signature(packages.pip_ensure).parameters:
+                options["prompt_install"] = interactive
+            packages.pip_ensure(packages.load_requirements(str(requirements_file)), **options)
+        else:
+            if interactive and not slicer.util.confirmOkCancelDisplay(
+                "RegSeg needs these Python packages, which will be downloaded and installed now:\n\n"
+                + "\n".join(missing)
+                + "\n\nThis can take a few minutes.",
+                "RegSeg: install Python packages",
+            ):
+                raise DependencyError("RegSeg's Python packages were not installed: " + ", ".join(missing))
+            slicer.util.pip_install(missing)
+    except subprocess.CalledProcessError as exc:
+        raise DependencyError(
+            f"pip could not install {', '.join(missing)} (exit code {exc.returncode}); the Python console shows "
+            "pip's output."
+        ) from exc
+    except RuntimeError as exc:
+        if isinstance(exc, DependencyError):
+            raise
+        raise DependencyError(f"RegSeg's Python packages were not installed ({exc}): {', '.join(missing)}") from exc
+    still_missing = installed_missing(requirements)
     if still_missing:
         raise DependencyError("These Python packages are still missing: " + ", ".join(still_missing))
 
