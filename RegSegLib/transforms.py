@@ -7,7 +7,9 @@ transform and Slicer's "transform from parent".
 Kinds:
     :class:`AffineTransform`: a 4x4 RAS matrix.
     :class:`DisplacementField`: ``T(x) = x + u(x)``, ``u`` a ``[3, K, J, I]`` field of RAS mm vectors on
-        its own grid, linearly interpolated, zero outside the grid (as ITK does).
+        its own grid, linearly interpolated; as in ITK's ``DisplacementFieldTransform``, a point up to half a
+        voxel outside the grid takes the edge value and a point further out is not displaced. (Slicer's grid
+        transforms extend the edge value without limit; the two agree inside the grid's half-voxel border.)
     :class:`CompositeTransform`: a list in ITK order, ``T(x) = t[0](t[1](... t[n-1](x)))``: the last
         one is applied first, exactly as ``itk::CompositeTransform`` and SimpleITK read it from a file.
 """
@@ -79,8 +81,20 @@ class DisplacementField:
         return Volume(self.field, self.ijk_to_ras.copy())
 
     def displacement_at(self, points: torch.Tensor) -> torch.Tensor:
-        """Linearly interpolated displacement at ``[..., 3]`` RAS points (zero outside the grid)."""
-        return sample_at_points(self.field.to(points.device), self.ijk_to_ras, points, mode="bilinear")
+        """Displacement at ``[..., 3]`` RAS points, as ITK evaluates it.
+
+        Linear interpolation inside the grid, the edge value up to half a voxel outside it, zero further out.
+
+        Returns:
+            ``[..., 3]`` RAS mm.
+        """
+        field = self.field.to(points.device)
+        values = sample_at_points(field, self.ijk_to_ras, points, mode="bilinear", padding_mode="border")
+        ras_to_ijk = torch.as_tensor(np.linalg.inv(self.ijk_to_ras), dtype=torch.float64, device=points.device)
+        ijk = points.double() @ ras_to_ijk[:3, :3].T + ras_to_ijk[:3, 3]
+        size = torch.as_tensor(self.shape[::-1], dtype=torch.float64, device=points.device)
+        inside = ((ijk >= -0.5) & (ijk < size - 0.5)).all(dim=-1)
+        return values * inside[..., None].to(values.dtype)
 
     def transform_points(self, points: torch.Tensor) -> torch.Tensor:
         """Maps ``[..., 3]`` RAS points."""

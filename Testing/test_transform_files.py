@@ -149,6 +149,36 @@ def test_sitk_maps_points_where_regseg_does(tmp_path, scene_setup, name, suffix)
     np.testing.assert_allclose(loaded.transform_points(torch.as_tensor(points)).numpy(), ours, atol=1e-3)
 
 
+@pytest.mark.parametrize("suffix", FIELD_FILES)
+def test_a_field_acts_as_in_itk_at_and_beyond_the_edge_of_its_grid(tmp_path, suffix):
+    """ITK: the edge value up to half a voxel outside the field's grid, no displacement further out."""
+    field_grid = make_ijk_to_ras("oblique", spacing=(2.0, 1.5, 3.0), origin=(4.0, -3.0, 7.0))
+    shape = (6, 7, 8)
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
+    values = np.stack([1.0 + 0.1 * i, -0.5 + 0.05 * j * k, 0.3 * np.sin(i + j)])
+    field = DisplacementField(torch.as_tensor(values, dtype=torch.float32), field_grid)
+    path = tmp_path / f"field{suffix}"
+    write_transform(field, path)
+    itk_transform = sitk_transform_from_file(path)
+    # lines through the grid along each index axis, from 2 voxels before the first to 2 after the last
+    steps = np.concatenate([np.linspace(-2.0, -0.6, 5), np.linspace(-0.4, 0.4, 5), np.linspace(0.6, 2.0, 5)])
+    ijk = []
+    for axis, size in enumerate(shape[::-1]):
+        for offset in np.concatenate([steps, size - 1 + steps]):
+            point = np.array([3.3, 2.6, 2.2])
+            point[axis] = offset
+            ijk.append(point)
+    points = geometry.transform_points(field_grid, np.array(ijk))
+    ours = field.transform_points(torch.as_tensor(points)).numpy()
+    theirs = geometry.lps_to_ras_points(
+        np.array([itk_transform.TransformPoint(tuple(p)) for p in geometry.ras_to_lps_points(points)])
+    )
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    outside = np.any((np.array(ijk) < -0.5) | (np.array(ijk) > np.array(shape[::-1]) - 0.5), axis=1)
+    assert outside.sum() == 30 and np.allclose(ours[outside], points[outside])
+    assert np.linalg.norm(ours[~outside] - points[~outside], axis=1).min() > 0.5
+
+
 AXES = {"R": [5.0, 0.0, 0.0], "A": [0.0, 5.0, 0.0], "S": [0.0, 0.0, 5.0]}
 
 
