@@ -116,3 +116,21 @@ def test_label_map_and_image_checks():
     with pytest.raises(InputError, match="constant"):
         check_image(volume.with_data(torch.zeros_like(volume.data)), "c.nii")
     assert check_image(volume.with_data(volume.data.double()), "f.nii").data.dtype == torch.float32
+
+
+def test_memory_check_refuses_a_job_larger_than_free_memory_and_is_skipped_where_free_memory_is_unknown(monkeypatch):
+    import sys
+
+    from RegSegLib.errors import RegSegError
+    from RegSegLib.registration import common
+
+    free = common.available_host_memory()
+    assert free is not None and free > 0
+    common.check_memory(free // 2, torch.device("cpu"), "a small job")
+    with pytest.raises(RegSegError, match=r"^a huge job needs about .* GiB on cpu but only .* GiB is free"):
+        common.check_memory(free * 4, torch.device("cpu"), "a huge job")
+    # Windows without psutil: no way to tell, so no refusal (and no crash)
+    monkeypatch.setitem(sys.modules, "psutil", None)
+    monkeypatch.delattr(common.os, "sysconf")
+    assert common.available_host_memory() is None
+    common.check_memory(free * 4, torch.device("cpu"), "a huge job")

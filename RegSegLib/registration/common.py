@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Callable, Optional
 
@@ -71,6 +72,23 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     raise RegSegError(f"unknown device {name!r}; use auto, cpu or cuda")
 
 
+def available_host_memory() -> int | None:
+    """Free host memory in bytes: psutil's figure, else POSIX ``sysconf``; ``None`` where neither can tell.
+
+    ``None`` happens on Windows without psutil (``os.sysconf`` is POSIX only); the memory check is then skipped.
+    """
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def check_memory(required_bytes: int, device: torch.device, what: str) -> None:
     """Fails early, with the estimate, when a job will not fit in the device's free memory.
 
@@ -80,14 +98,9 @@ def check_memory(required_bytes: int, device: torch.device, what: str) -> None:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
-        try:
-            import psutil
-
-            free = psutil.virtual_memory().available
-        except ImportError:
-            import os
-
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        free = available_host_memory()
+        if free is None:
+            return
     if required_bytes > free:
         raise RegSegError(
             f"{what} needs about {required_bytes / 2**30:.1f} GiB on {device.type} but only "
