@@ -9,7 +9,6 @@ under the output transform and it lies on the fixed volume.
 import logging
 from typing import Annotated, Optional, Union
 
-import ctk
 import qt
 import slicer
 import vtk
@@ -22,7 +21,7 @@ from slicer import (
 )
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -49,6 +48,8 @@ ensure_regseglib_importable()
 
 POLL_INTERVAL_MS = 100
 DEFAULT_METRIC = "default"
+MAX_REGULARISATION = 1000.0
+MAX_SPACING_MM = 50.0
 
 
 #
@@ -104,9 +105,9 @@ class RegSegRegistrationParameterNode:
     levels: str = ""
     iterations: str = ""
     deformable_iterations: str = ""
-    regularisation: float = 0.0
+    regularisation: Annotated[float, WithinRange(0.0, MAX_REGULARISATION)] = 0.0
     preset: Annotated[str, Choice(list(DEFORMABLE_PRESETS))] = "default"
-    spacing_mm: float = 0.0
+    spacing_mm: Annotated[float, WithinRange(0.0, MAX_SPACING_MM)] = 0.0
     output_transform: Optional[vtkMRMLTransformNode]
     output_volume: Optional[vtkMRMLScalarVolumeNode]
     output_table: Optional[vtkMRMLTableNode]
@@ -204,14 +205,15 @@ class RegSegRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.applyButton.enabled = False
 
     def update_segment_selectors(self, node=None) -> None:
-        for selector, segments in (
-            (self.ui.fixedMaskSelector, self.ui.fixedMaskSegmentSelector),
-            (self.ui.movingMaskSelector, self.ui.movingMaskSegmentSelector),
+        for selector, segments, label in (
+            (self.ui.fixedMaskSelector, self.ui.fixedMaskSegmentSelector, self.ui.fixedMaskSegmentSelectorLabel),
+            (self.ui.movingMaskSelector, self.ui.movingMaskSegmentSelector, self.ui.movingMaskSegmentSelectorLabel),
         ):
             current = selector.currentNode()
             is_segmentation = current is not None and current.IsA("vtkMRMLSegmentationNode")
             segments.setCurrentNode(current if is_segmentation else None)
             segments.visible = is_segmentation
+            label.visible = is_segmentation
 
     def on_apply_button(self) -> None:
         if self.job is not None:
@@ -237,19 +239,26 @@ class RegSegRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._checkCanApply()
 
     def on_poll(self) -> None:
-        if self.job is None or not self.job.poll():
+        job = self.job
+        if job is None or not job.poll():
             return
         self.timer.stop()
-        job, self.job = self.job, None
+        self.job = None
         self.ui.applyButton.text = _("Apply")
         self._checkCanApply()
         if job.state is JobState.FAILED:
             slicer.util.errorDisplay(_("Registration failed: {message}").format(message=job.error))
         elif job.outputs is not None:
             self.show_results(job.request, job.outputs)
+            self.ui.statusLabel.text = _("Done")
 
     def show_results(self, request: RegistrationRequest, outputs: RegistrationOutputs) -> None:
-        self._parameterNode.output_transform = outputs.transform_node
+        """Shows the warped volume over the fixed one and keeps the Dice table selected.
+
+        A transform node the job created stays out of the output selector, so that the next Apply creates a new
+        one (an affine result is a linear node, which a later elastic result could not go into).
+        """
+        self.on_log(_("Result transform: {name}").format(name=outputs.transform_node.GetName()))
         if outputs.volume_node is not None:
             slicer.util.setSliceViewerLayers(
                 background=request.fixed_volume, foreground=outputs.volume_node, foregroundOpacity=0.5
@@ -277,7 +286,6 @@ class RegSegRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.statusLabel.text = state.value.capitalize()
         if state is JobState.STARTING:
             self.ui.progressBar.setValue(0)
-        slicer.app.processEvents()
 
 
 #

@@ -1,9 +1,10 @@
-"""Small named stand-ins for the Slicer application's Qt-side Python modules, to import RegSeg's module files.
+"""Small named stand-ins for the Slicer application's Qt-side Python modules, to import and drive RegSeg's module files.
 
 ``slicer-core`` gives the real MRML classes and ``slicer.util`` without Qt; the scripted-module base classes
-(``slicer.ScriptedLoadableModule``), the parameter node wrapper, ``slicer.i18n``, ``qt`` and ``ctk`` exist only
-in the Slicer application. :func:`slicer_module_standins` installs minimal real classes for them (not mocks:
-anything the module code uses that is missing here fails loudly) for the duration of a ``with`` block.
+(``slicer.ScriptedLoadableModule``), the parameter node wrapper, ``slicer.i18n`` and ``qt`` exist only in the
+Slicer application. :func:`slicer_module_standins` installs minimal real classes for them (not mocks: anything
+the module code uses that is missing here fails loudly) for the duration of a ``with`` block. The panel's widgets
+and ``slicer.app`` have their own stand-ins in ``slicer_panel_standins``.
 """
 
 from __future__ import annotations
@@ -27,12 +28,29 @@ class ScriptedLoadableModule:
         self.parent = parent
 
 
+class StandinLayout:
+    """Stand-in for the module panel's ``QVBoxLayout``: keeps the widgets added to it."""
+
+    def __init__(self) -> None:
+        self.widgets: list = []
+
+    def addWidget(self, widget) -> None:
+        self.widgets.append(widget)
+
+
+class StandinModulePanel:
+    """Stand-in for ``qSlicerScriptedLoadableModuleWidget``, the Qt parent of a scripted module widget."""
+
+    def __init__(self) -> None:
+        self.isEntered = True
+
+
 class ScriptedLoadableModuleWidget:
-    """Stand-in: the widget base; ``setup`` and ``resourcePath`` as in Slicer."""
+    """Stand-in: the widget base; ``parent``, ``layout``, ``setup`` and ``resourcePath`` as in Slicer."""
 
     def __init__(self, parent=None) -> None:
-        self.parent = parent
-        self.layout = None
+        self.parent = parent if parent is not None else StandinModulePanel()
+        self.layout = StandinLayout()
 
     def setup(self) -> None:
         pass
@@ -42,15 +60,23 @@ class ScriptedLoadableModuleWidget:
 
 
 class ScriptedLoadableModuleLogic:
-    """Stand-in: the logic base; the parameter node is a scripted module node in ``slicer.mrmlScene``."""
+    """Stand-in: the logic base; the parameter node is the module's singleton scripted module node in ``slicer.mrmlScene``."""
 
     def __init__(self, parent=None) -> None:
         self.parent = parent
+        self.moduleName = type(self).__name__.removesuffix("Logic")
 
     def getParameterNode(self):
         import slicer
 
-        return slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+        node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag(self.moduleName)
+            node.SetName(self.moduleName)
+            node.SetAttribute("ModuleName", self.moduleName)
+            node = slicer.mrmlScene.AddNode(node)
+        return node
 
 
 class ScriptedLoadableModuleTest(unittest.TestCase):
@@ -67,9 +93,53 @@ class Choice:
         self.choices = list(choices)
 
 
+class WithinRange:
+    """Stand-in for ``slicer.parameterNodeWrapper.WithinRange``: the range a bound spin box is given."""
+
+    def __init__(self, minimum: float, maximum: float) -> None:
+        self.minimum, self.maximum = minimum, maximum
+
+
 def parameterNodeWrapper(cls):
-    """Stand-in for ``slicer.parameterNodeWrapper.parameterNodeWrapper``: keeps the class and its annotations."""
-    cls.parameter_names = list(cls.__annotations__)
+    """Stand-in for ``slicer.parameterNodeWrapper.parameterNodeWrapper``.
+
+    The wrapped class takes the MRML parameter node; each annotated field starts at its class default (``None``
+    without one), setting a field marks the node modified (so ``ModifiedEvent`` observers run), observers are the
+    node's, and ``connectGui``/``disconnectGui`` only record the binding (binding widgets is Qt's part: tests set
+    the fields as the widgets would).
+    """
+    names = list(cls.__annotations__)
+
+    def __init__(self, parameterNode=None) -> None:
+        object.__setattr__(self, "parameterNode", parameterNode)
+        object.__setattr__(self, "connected_guis", {})
+        for name in names:
+            object.__setattr__(self, name, getattr(cls, name, None))
+
+    def __setattr__(self, name, value) -> None:
+        if name not in names:
+            raise AttributeError(f"{cls.__name__} has no parameter {name!r}")
+        object.__setattr__(self, name, value)
+        if self.parameterNode is not None:
+            self.parameterNode.Modified()
+
+    def AddObserver(self, event, callback, priority=0.0):
+        return self.parameterNode.AddObserver(event, callback, priority)
+
+    def RemoveObserver(self, tag) -> None:
+        self.parameterNode.RemoveObserver(tag)
+
+    def connectGui(self, gui) -> int:
+        tag = len(self.connected_guis) + 1
+        self.connected_guis[tag] = gui
+        return tag
+
+    def disconnectGui(self, tag) -> None:
+        self.connected_guis.pop(tag, None)
+
+    for method in (__init__, __setattr__, AddObserver, RemoveObserver, connectGui, disconnectGui):
+        setattr(cls, method.__name__, method)
+    cls.parameter_names = names
     return cls
 
 
@@ -92,6 +162,18 @@ class QTimer:
 
     def stop(self) -> None:
         self.active = False
+
+    def fire(self) -> None:
+        """What Qt's event loop does every ``interval`` ms while the timer is active: emit ``timeout()``."""
+        for signal, slot in list(self.slots):
+            if signal == "timeout()":
+                slot()
+
+
+class Qt:
+    """Stand-in for ``qt.Qt``'s cursor shapes."""
+
+    WaitCursor = 3
 
 
 class QThread:
@@ -121,8 +203,7 @@ def _tr(text: str) -> str:
 def standin_modules() -> dict[str, types.ModuleType]:
     """The stand-in modules by import name."""
     return {
-        "qt": _module("qt", QTimer=QTimer, QThread=QThread),
-        "ctk": _module("ctk"),
+        "qt": _module("qt", QTimer=QTimer, QThread=QThread, Qt=Qt),
         "slicer.ScriptedLoadableModule": _module(
             "slicer.ScriptedLoadableModule",
             ScriptedLoadableModule=ScriptedLoadableModule,
@@ -131,7 +212,7 @@ def standin_modules() -> dict[str, types.ModuleType]:
             ScriptedLoadableModuleTest=ScriptedLoadableModuleTest,
         ),
         "slicer.parameterNodeWrapper": _module(
-            "slicer.parameterNodeWrapper", parameterNodeWrapper=parameterNodeWrapper, Choice=Choice
+            "slicer.parameterNodeWrapper", parameterNodeWrapper=parameterNodeWrapper, Choice=Choice, WithinRange=WithinRange
         ),
         "slicer.i18n": _module("slicer.i18n", tr=_tr, translate=_translate),
     }

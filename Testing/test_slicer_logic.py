@@ -14,13 +14,11 @@ import os
 import threading
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from conftest import rotation_about
-from slicer_standins import MODULE_FOLDER, import_file, register_segmentation_converters, slicer_module_standins
+from slicer_standins import MODULE_FOLDER, import_file, slicer_module_standins
 
 slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without Qt) is not installed")
 if not hasattr(slicer, "vtkMRMLScene"):
@@ -32,6 +30,17 @@ from RegSegLib.io.transforms import read_transform  # noqa: E402
 from RegSegLib.io.volumes import read_volume  # noqa: E402
 from RegSegLib.transforms import AffineTransform, resample  # noqa: E402
 from RegSegLib.volume import Volume  # noqa: E402
+from slicer_scene import (  # noqa: E402
+    add_segmentation,
+    add_volume,
+    corner_error_mm,
+    corners,
+    node_ijk_to_ras,
+    numpy_matrix,
+    prostate_scene,
+    scene_state,
+    vtk_matrix,
+)
 
 TOLERANCE_MM = 0.01
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
@@ -59,105 +68,11 @@ def types_namespace(registration_module, nodes, registration):
     return namespace
 
 
-def vtk_matrix(array: np.ndarray):
-    matrix = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            matrix.SetElement(r, c, float(array[r, c]))
-    return matrix
-
-
-def numpy_matrix(matrix) -> np.ndarray:
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def node_ijk_to_ras(node) -> np.ndarray:
-    matrix = vtk.vtkMatrix4x4()
-    node.GetIJKToRASMatrix(matrix)
-    return numpy_matrix(matrix)
-
-
-def corners(shape_kji) -> np.ndarray:
-    k, j, i = (n - 1 for n in shape_kji)
-    return np.array([[a, b, c] for a in (0, i) for b in (0, j) for c in (0, k)], dtype=np.float64)
-
-
-def corner_error_mm(a: np.ndarray, b: np.ndarray, shape_kji) -> float:
-    points = corners(shape_kji)
-    return float(np.abs(geometry.transform_points(a, points) - geometry.transform_points(b, points)).max())
-
-
-def downsampled(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``[K, J, I]`` array and its RAS IJK-to-RAS, every second voxel."""
-    image = nib.load(str(path))
-    data = np.asarray(image.dataobj, dtype=np.float32)
-    if data.ndim == 4:
-        data = (data[..., 0] > 0.5).astype(np.uint8)
-    data = data[::2, ::2, ::2]
-    matrix = image.affine.copy()
-    matrix[:3, :3] = matrix[:3, :3] @ np.diag([2.0, 2.0, 2.0])
-    return np.ascontiguousarray(np.transpose(data, (2, 1, 0))), matrix
-
-
-def lps_stored(array: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same image stored with i along L and j along P (what DICOM and ITK files usually hold)."""
-    k, j, i = array.shape
-    flip = np.eye(4)
-    flip[0, 0], flip[1, 1] = -1.0, -1.0
-    flip[0, 3], flip[1, 3] = i - 1, j - 1
-    return np.ascontiguousarray(array[:, ::-1, ::-1]), matrix @ flip
-
-
-def oblique(matrix: np.ndarray, shape_kji, degrees=(8.0, -5.0, 4.0)) -> np.ndarray:
-    """The grid rotated about its centre (the content turns with it)."""
-    rotation = np.eye(4)
-    rotation[:3, :3] = rotation_about("z", degrees[0]) @ rotation_about("y", degrees[1]) @ rotation_about("x", degrees[2])
-    centre = geometry.transform_points(matrix, (np.array(shape_kji[::-1]) - 1) / 2.0)
-    to_centre, back = np.eye(4), np.eye(4)
-    to_centre[:3, 3], back[:3, 3] = -centre, centre
-    return back @ rotation @ to_centre @ matrix
-
-
-def add_volume(scene, name: str, array: np.ndarray, matrix: np.ndarray, label_map: bool = False):
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if label_map else "vtkMRMLScalarVolumeNode", name)
-    node.SetIJKToRASMatrix(vtk_matrix(matrix))
-    slicer.util.updateVolumeFromArray(node, array)
-    return node
-
-
-def add_segmentation(scene, name: str, segment: str, label_array: np.ndarray, matrix: np.ndarray):
-    """A segmentation node with one segment made from a label map (through Slicer's own import)."""
-    label_map = slicer.vtkMRMLLabelMapVolumeNode()
-    label_map.SetIJKToRASMatrix(vtk_matrix(matrix))
-    slicer.util.updateVolumeFromArray(label_map, label_array.astype(np.uint8))
-    scene.AddNode(label_map)
-    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_map, segmentation)
-    segmentation.GetSegmentation().GetNthSegment(0).SetName(segment)
-    scene.RemoveNode(label_map)
-    return segmentation
-
-
 @pytest.fixture(scope="module")
 def prostate(shared_data, module):
     """A scene with the fixed (LPS-stored) and moving (oblique) MR volumes and their gland segmentations."""
-    register_segmentation_converters()
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    folder = shared_data / "prostate-mr-us"
-    fixed_array, fixed_matrix = lps_stored(*downsampled(folder / "mr" / "case000000.nii.gz"))
-    moving_array, moving_matrix = downsampled(folder / "mr" / "case000001.nii.gz")
-    moving_matrix = oblique(moving_matrix, moving_array.shape)
-    fixed_gland, _ = lps_stored(*downsampled(folder / "mr_labels" / "case000000.nii.gz"))
-    moving_gland, _ = downsampled(folder / "mr_labels" / "case000001.nii.gz")
-    scene_data = {
-        "scene": scene,
-        "fixed": add_volume(scene, "fixed MR", fixed_array, fixed_matrix),
-        "moving": add_volume(scene, "moving MR", moving_array, moving_matrix),
-        "fixed_gland": fixed_gland,
-        "fixed_segmentation": add_segmentation(scene, "fixed gland", "prostate", fixed_gland, fixed_matrix),
-        "moving_segmentation": add_segmentation(scene, "moving gland", "prostate", moving_gland, moving_matrix),
-    }
+    scene_data = prostate_scene(shared_data)
+    slicer.mrmlScene = scene_data["scene"]
     yield scene_data
     slicer.mrmlScene = None
 
@@ -297,6 +212,39 @@ def test_dense_result_loads_as_grid_transform_matching_regseg(deformable_run, pr
     assert np.abs((theirs - points) - (ours - points)).max() < TOLERANCE_MM
 
 
+def test_affine_run_from_a_dense_initial_transform_keeps_it_in_the_result(deformable_run, prostate, module, tmp_path):
+    """The result of an affine run that starts from a grid transform is that grid followed by the affine."""
+    initial = deformable_run[0].transform_node
+    outputs, _, _ = run(
+        module,
+        prostate,
+        tmp_path / "result",
+        method="affine",
+        transform_family="rigid",
+        initial_transform=initial,
+        levels=[2, 1],
+        iterations=[20, 10],
+    )
+    node = outputs.transform_node
+    assert not node.IsLinear() and not node.IsA("vtkMRMLLinearTransformNode")
+    whole = read_transform(tmp_path / "result" / "transform.h5")
+    affine_only = read_transform(tmp_path / "result" / "affine.tfm")
+    fixed = prostate["fixed"]
+    shape = np.array(slicer.util.arrayFromVolume(fixed).shape[::-1], dtype=np.float64)
+    ijk = 1.0 + np.random.default_rng(5).random((100, 3)) * (shape - 3.0)
+    points = geometry.transform_points(node_ijk_to_ras(fixed), ijk)
+    theirs = np.array([node.GetTransformFromParent().TransformPoint(tuple(p)) for p in points])
+    assert np.abs(theirs - whole.transform_points(torch.as_tensor(points)).numpy()).max() < TOLERANCE_MM
+    assert np.abs(theirs - geometry.transform_points(affine_only.matrix, points)).max() > 0.05
+    linear = prostate["scene"].AddNewNodeByClass("vtkMRMLLinearTransformNode", "linear output")
+    with pytest.raises(ValueError, match=r"The initial transform '.*' is not linear, and neither is the result"):
+        module.registration.RegistrationRequest(
+            prostate["fixed"], prostate["moving"], initial_transform=initial, output_transform=linear
+        ).validate()
+    prostate["scene"].RemoveNode(linear)
+    prostate["scene"].RemoveNode(node)
+
+
 def test_dense_run_with_segmentation_labels_fills_the_dice_table(deformable_run):
     outputs, _, _, _ = deformable_run
     table = outputs.table_node.GetTable()
@@ -332,6 +280,25 @@ def test_segmentation_mask_becomes_the_right_label_map(prostate, module):
         module.nodes.as_label_map(moving_grid_map, fixed, None, "fixed mask")
 
 
+def test_a_closed_surface_segmentation_becomes_a_label_map_without_changing_the_users_node(prostate, module):
+    """Segmentations loaded from models, STL or RT structure sets hold closed surfaces only."""
+    scene, fixed = prostate["scene"], prostate["fixed"]
+    surfaces = add_segmentation(scene, "gland surface", "prostate", prostate["fixed_gland"], node_ijk_to_ras(fixed))
+    assert surfaces.CreateClosedSurfaceRepresentation()
+    surfaces.SetSourceRepresentationToClosedSurface()
+    surfaces.RemoveBinaryLabelmapRepresentation()
+    labelmap_name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    assert not surfaces.GetSegmentation().ContainsRepresentation(labelmap_name)
+    modified = surfaces.GetMTime()
+    label_map = module.nodes.as_label_map(surfaces, fixed, ["prostate"], "fixed mask")
+    mask, gland = slicer.util.arrayFromVolume(label_map) > 0, prostate["fixed_gland"] > 0
+    assert 2.0 * (mask & gland).sum() / (mask.sum() + gland.sum()) > 0.85
+    assert corner_error_mm(node_ijk_to_ras(label_map), node_ijk_to_ras(fixed), mask.shape) < TOLERANCE_MM
+    assert surfaces.GetMTime() == modified
+    assert not surfaces.GetSegmentation().ContainsRepresentation(labelmap_name)
+    scene.RemoveNode(surfaces)
+
+
 # ------------------------------------------------------------------------------------------------ advanced settings
 
 
@@ -365,10 +332,6 @@ def test_advanced_settings_reach_the_engine(prostate, module, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ cancel, failure
-
-
-def scene_state(scene) -> list[tuple[str, int]]:
-    return [(scene.GetNthNode(n).GetID(), scene.GetNthNode(n).GetMTime()) for n in range(scene.GetNumberOfNodes())]
 
 
 def test_cancel_ends_the_child_within_2_s_and_leaves_the_scene_as_it_was(prostate, module):

@@ -80,6 +80,17 @@ def test_every_parameter_is_bound_to_a_widget():
     with slicer_module_standins():
         module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
     assert bound == set(module.RegSegRegistrationParameterNode.parameter_names)
+    # the wrapper gives a bound spin box the range of its annotation: it must be the .ui's own
+    import typing
+
+    annotations = typing.get_type_hints(module.RegSegRegistrationParameterNode, include_extras=True)
+    for widget in tree.iter("widget"):
+        if widget.get("class") != "QDoubleSpinBox":
+            continue
+        name = next(p.find("string").text for p in widget.iter("property") if p.get("name") == "SlicerParameterName")
+        limits = {p.get("name"): float(p.find("double").text) for p in widget.iter("property") if p.get("name") in ("minimum", "maximum")}
+        (within,) = [a for a in annotations[name].__metadata__ if type(a).__name__ == "WithinRange"]
+        assert (within.minimum, within.maximum) == (limits["minimum"], limits["maximum"]), name
 
 
 def cmake_listed_files(cmake: Path) -> list[Path]:
@@ -113,7 +124,9 @@ def test_catalog_entry_license_and_icons():
     assert "Apache License" in (REPOSITORY_ROOT / "LICENSE").read_text()
     from PIL import Image
 
-    for icon in (MODULE_FOLDER / "Resources" / "Icons" / "RegSeg.png", REPOSITORY_ROOT / "Resources" / "Icons" / "RegSeg.png"):
+    # Slicer shows Resources/Icons/<module name>.png beside each module, the catalog shows the extension's icon
+    module_icons = [MODULE_FOLDER / "Resources" / "Icons" / f"{path.stem}.png" for path in MODULE_FILES]
+    for icon in module_icons + [REPOSITORY_ROOT / "Resources" / "Icons" / "RegSeg.png"]:
         assert Image.open(icon).size == (128, 128)
 
 
@@ -124,6 +137,12 @@ def test_requirements_and_dependency_checks():
     requirements = dependencies.read_requirements()
     assert requirements and all(">=" in line for line in requirements)
     assert not any(line.startswith("torch") for line in requirements)
+    # Slicer's list is RegSegLib's own, less torch (PyTorch extension) and what Slicer bundles
+    import tomllib
+
+    project = tomllib.loads((REPOSITORY_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    bundled = ("torch", "numpy", "SimpleITK")
+    assert sorted(requirements) == sorted(r for r in project if dependencies.parse_requirement(r)[0] not in bundled)
     versions = {"nibabel": "5.2.1", "scipy": "1.9.0"}
 
     def version_of(name):

@@ -227,6 +227,29 @@ def segment_names(segmentation_node, ids: Sequence[str]) -> list[str]:
     return [segmentation.GetSegment(i).GetName() for i in ids]
 
 
+def with_binary_labelmaps(segmentation_node):
+    """The segmentation itself when it holds binary labelmaps, else a converted copy (the user's node is not changed).
+
+    Segmentations made from models, STL files or RT structure sets hold closed surfaces only; merging segments into
+    a label map needs the binary labelmap representation.
+
+    Raises:
+        ValueError: the segmentation cannot be converted to binary labelmaps.
+    """
+    slicer = _slicer()
+    name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    if segmentation_node.GetSegmentation().ContainsRepresentation(name):
+        return segmentation_node
+    copy = slicer.vtkMRMLSegmentationNode()
+    copy.SetName(segmentation_node.GetName())
+    copy.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
+    if not copy.GetSegmentation().CreateRepresentation(name):
+        raise ValueError(
+            f"The segmentation {node_label(segmentation_node)} holds no binary labelmap and cannot be converted to one."
+        )
+    return copy
+
+
 def segmentation_to_label_map(segmentation_node, reference_volume, ids: Sequence[str], values: Sequence[int] | None = None):
     """A standalone label map node on the reference volume's grid from chosen segments.
 
@@ -245,6 +268,7 @@ def segmentation_to_label_map(segmentation_node, reference_volume, ids: Sequence
     for segment_id, value in zip(ids, values):
         id_array.InsertNextValue(segment_id)
         value_array.InsertNextValue(int(value))
+    segmentation_node = with_binary_labelmaps(segmentation_node)
     geometry = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(reference_volume)
     merged = slicer.vtkOrientedImageData()
     ok = segmentation_node.GenerateMergedLabelmapForAllSegments(

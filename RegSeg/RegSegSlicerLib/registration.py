@@ -148,11 +148,26 @@ class RegistrationRequest:
                 raise ValueError(f"The output {nodes.node_label(output)} is one of the inputs; inputs are never overwritten.")
         if self.output_transform is not None and not self.output_transform.IsA("vtkMRMLTransformNode"):
             raise ValueError(f"The output transform {nodes.node_label(self.output_transform)} is not a transform node.")
-        if self.output_transform is not None and self.method != "affine" and self.output_transform.IsA("vtkMRMLLinearTransformNode"):
+        if self.output_transform is not None and not self.result_is_linear and self.output_transform.IsA("vtkMRMLLinearTransformNode"):
+            if self.method != "affine":
+                reason = f"A {self.method} result is not linear"
+            else:
+                reason = (
+                    f"The initial transform {nodes.node_label(self.initial_transform)} is not linear, and neither "
+                    "is the result that starts from it"
+                )
             raise ValueError(
-                f"A {self.method} result is not linear; choose a transform node that is not a linear transform "
-                f"instead of {nodes.node_label(self.output_transform)}."
+                f"{reason}; choose a transform node that is not a linear transform instead of "
+                f"{nodes.node_label(self.output_transform)}."
             )
+
+    @property
+    def result_is_linear(self) -> bool:
+        """Whether the whole result is one matrix: an affine run from no initial transform or a linear one.
+
+        An affine run from a non-linear initial transform returns that transform followed by the affine.
+        """
+        return self.method == "affine" and (self.initial_transform is None or self.initial_transform.IsLinear())
 
     def _validate_advanced(self) -> None:
         """Checks the advanced settings with the rules of ``regseg register``."""
@@ -522,11 +537,11 @@ class RegistrationJob:
         request = self.request
         metrics_path = folder / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        transform_file = folder / ("affine.tfm" if request.method == "affine" else "transform.h5")
+        transform_file = folder / ("affine.tfm" if request.result_is_linear else "transform.h5")
         warped = nodes.read_volume_file(folder / "warped.nii.gz") if request.output_volume is not None else None
         transform_node = request.output_transform
         if transform_node is None:
-            node_class = "vtkMRMLLinearTransformNode" if request.method == "affine" else "vtkMRMLTransformNode"
+            node_class = "vtkMRMLLinearTransformNode" if request.result_is_linear else "vtkMRMLTransformNode"
             name = f"{request.moving_volume.GetName()} to {request.fixed_volume.GetName()} ({request.method})"
             transform_node = self.scene.AddNewNodeByClass(node_class, self.scene.GenerateUniqueName(name))
         nodes.load_transform_into(transform_file, transform_node)

@@ -1,0 +1,125 @@
+"""Real MRML scenes for the Slicer-side tests: prostate MR volumes of ../shared/data placed with non-trivial
+geometry (the fixed volume stored LPS-ordered, the moving volume oblique), their gland segmentations, and small
+matrix and geometry helpers. Needs ``slicer-core``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import slicer
+import vtk
+
+from conftest import rotation_about
+from RegSegLib import geometry
+from slicer_standins import register_segmentation_converters
+
+
+def vtk_matrix(array: np.ndarray):
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r, c]))
+    return matrix
+
+
+def numpy_matrix(matrix) -> np.ndarray:
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def node_ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return numpy_matrix(matrix)
+
+
+def corners(shape_kji) -> np.ndarray:
+    k, j, i = (n - 1 for n in shape_kji)
+    return np.array([[a, b, c] for a in (0, i) for b in (0, j) for c in (0, k)], dtype=np.float64)
+
+
+def corner_error_mm(a: np.ndarray, b: np.ndarray, shape_kji) -> float:
+    points = corners(shape_kji)
+    return float(np.abs(geometry.transform_points(a, points) - geometry.transform_points(b, points)).max())
+
+
+def downsampled(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``[K, J, I]`` array and its RAS IJK-to-RAS, every second voxel."""
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    if data.ndim == 4:
+        data = (data[..., 0] > 0.5).astype(np.uint8)
+    data = data[::2, ::2, ::2]
+    matrix = image.affine.copy()
+    matrix[:3, :3] = matrix[:3, :3] @ np.diag([2.0, 2.0, 2.0])
+    return np.ascontiguousarray(np.transpose(data, (2, 1, 0))), matrix
+
+
+def lps_stored(array: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same image stored with i along L and j along P (what DICOM and ITK files usually hold)."""
+    k, j, i = array.shape
+    flip = np.eye(4)
+    flip[0, 0], flip[1, 1] = -1.0, -1.0
+    flip[0, 3], flip[1, 3] = i - 1, j - 1
+    return np.ascontiguousarray(array[:, ::-1, ::-1]), matrix @ flip
+
+
+def oblique(matrix: np.ndarray, shape_kji, degrees=(8.0, -5.0, 4.0)) -> np.ndarray:
+    """The grid rotated about its centre (the content turns with it)."""
+    rotation = np.eye(4)
+    rotation[:3, :3] = rotation_about("z", degrees[0]) @ rotation_about("y", degrees[1]) @ rotation_about("x", degrees[2])
+    centre = geometry.transform_points(matrix, (np.array(shape_kji[::-1]) - 1) / 2.0)
+    to_centre, back = np.eye(4), np.eye(4)
+    to_centre[:3, 3], back[:3, 3] = -centre, centre
+    return back @ rotation @ to_centre @ matrix
+
+
+def add_volume(scene, name: str, array: np.ndarray, matrix: np.ndarray, label_map: bool = False):
+    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if label_map else "vtkMRMLScalarVolumeNode", name)
+    node.SetIJKToRASMatrix(vtk_matrix(matrix))
+    slicer.util.updateVolumeFromArray(node, array)
+    return node
+
+
+def add_segmentation(scene, name: str, segment: str, label_array: np.ndarray, matrix: np.ndarray):
+    """A segmentation node with one segment made from a label map (through Slicer's own import)."""
+    label_map = slicer.vtkMRMLLabelMapVolumeNode()
+    label_map.SetIJKToRASMatrix(vtk_matrix(matrix))
+    slicer.util.updateVolumeFromArray(label_map, label_array.astype(np.uint8))
+    scene.AddNode(label_map)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_map, segmentation)
+    segmentation.GetSegmentation().GetNthSegment(0).SetName(segment)
+    scene.RemoveNode(label_map)
+    return segmentation
+
+
+def prostate_scene(shared_data: Path) -> dict:
+    """A new scene with the fixed (LPS-stored) and moving (oblique) MR volumes (32x32x30) and gland segmentations.
+
+    Returns:
+        ``scene``, ``fixed``, ``moving`` (volume nodes), ``fixed_gland`` (``[K, J, I]`` array on the fixed grid),
+        ``fixed_segmentation``, ``moving_segmentation`` (one segment named ``prostate`` each).
+    """
+    register_segmentation_converters()
+    scene = slicer.vtkMRMLScene()
+    folder = shared_data / "prostate-mr-us"
+    fixed_array, fixed_matrix = lps_stored(*downsampled(folder / "mr" / "case000000.nii.gz"))
+    moving_array, moving_matrix = downsampled(folder / "mr" / "case000001.nii.gz")
+    moving_matrix = oblique(moving_matrix, moving_array.shape)
+    fixed_gland, _ = lps_stored(*downsampled(folder / "mr_labels" / "case000000.nii.gz"))
+    moving_gland, _ = downsampled(folder / "mr_labels" / "case000001.nii.gz")
+    return {
+        "scene": scene,
+        "fixed": add_volume(scene, "fixed MR", fixed_array, fixed_matrix),
+        "moving": add_volume(scene, "moving MR", moving_array, moving_matrix),
+        "fixed_gland": fixed_gland,
+        "fixed_segmentation": add_segmentation(scene, "fixed gland", "prostate", fixed_gland, fixed_matrix),
+        "moving_segmentation": add_segmentation(scene, "moving gland", "prostate", moving_gland, moving_matrix),
+    }
+
+
+def scene_state(scene) -> list[tuple[str, int]]:
+    return [(scene.GetNthNode(n).GetID(), scene.GetNthNode(n).GetMTime()) for n in range(scene.GetNumberOfNodes())]

@@ -1,0 +1,188 @@
+"""The RegSeg Registration panel (RegSegRegistrationWidget) driven as a user drives it, on a real MRML scene.
+
+The widgets are named stand-ins built from the module's real .ui file (``slicer_panel_standins``: Qt cannot run
+here); everything behind them is real: the parameter node in a ``slicer-core`` scene, the Logic, the child
+process ``PythonSlicer -m RegSegLib.cli`` (``PythonSlicer`` is a script in a stand-in Slicer home that runs this
+Python), the files, the result nodes. The tests press Apply, let the stand-in timer fire as Qt's event loop would,
+and check what the user sees: Apply turning into Cancel and back, the progress bar, the status, the log, the
+result nodes, error messages.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from slicer_panel_standins import StandinApplication, child_widget_variables, load_ui
+from slicer_standins import MODULE_FOLDER, import_file, slicer_module_standins
+
+slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without Qt) is not installed")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed 'slicer' package does not provide MRML classes", allow_module_level=True)
+import vtk  # noqa: E402
+
+from slicer_scene import add_volume, node_ijk_to_ras, numpy_matrix, prostate_scene, scene_state  # noqa: E402
+
+DEADLINE_S = 300.0
+
+
+@pytest.fixture
+def panel(shared_data, tmp_path, monkeypatch):
+    """The panel set up on a scene with the prostate pair, in a stand-in application; cleaned up afterwards."""
+    data = prostate_scene(shared_data)
+    app = StandinApplication(tmp_path)
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", data["scene"], raising=False)
+    monkeypatch.setattr(slicer.util, "loadUI", load_ui)
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", child_widget_variables)
+    monkeypatch.setattr(slicer.util, "errorDisplay", app.error_display)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", app.set_slice_viewer_layers)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    with slicer_module_standins():
+        module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
+        widget = module.RegSegRegistrationWidget()
+        widget.setup()
+        widget.enter()
+        yield widget, data, app
+        widget.exit()
+        widget.cleanup()
+
+
+def run_until_idle(widget, condition=None) -> None:
+    """Fires the panel's timer every 50 ms, as Qt's event loop does, until it stops (or ``condition()`` holds)."""
+    deadline = time.monotonic() + DEADLINE_S
+    while widget.timer.active and not (condition is not None and condition()):
+        assert time.monotonic() < deadline, "the registration did not finish in time"
+        time.sleep(0.05)
+        widget.timer.fire()
+
+
+def test_the_panel_picks_the_volumes_binds_every_selector_to_the_scene_and_enables_apply(panel):
+    widget, data, _ = panel
+    parameters = widget._parameterNode
+    assert (parameters.fixed_volume, parameters.moving_volume) == (data["fixed"], data["moving"])
+    assert widget.ui in parameters.connected_guis.values()
+    selectors = [w for w in vars(widget.ui).values() if w.className in ("qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget")]
+    assert len(selectors) == 12 and all(s.mrmlScene() is data["scene"] for s in selectors)
+    assert widget.ui.applyButton.enabled and widget.ui.applyButton.text == "Apply"
+    parameters.moving_volume = None
+    assert not widget.ui.applyButton.enabled and widget.ui.applyButton.toolTip == "Select fixed and moving volumes"
+
+
+def test_segment_choice_appears_only_for_a_segmentation_mask(panel):
+    widget, data, _ = panel
+    ui = widget.ui
+    assert not ui.fixedMaskSegmentSelector.visible and not ui.fixedMaskSegmentSelectorLabel.visible
+    ui.fixedMaskSelector.setCurrentNode(data["fixed_segmentation"])
+    assert ui.fixedMaskSegmentSelector.visible and ui.fixedMaskSegmentSelectorLabel.visible
+    assert ui.fixedMaskSegmentSelector.currentNode() is data["fixed_segmentation"]
+    assert not ui.movingMaskSegmentSelector.visible
+    label_map = data["scene"].AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "a label map mask")
+    ui.fixedMaskSelector.setCurrentNode(label_map)
+    assert not ui.fixedMaskSegmentSelector.visible and ui.fixedMaskSegmentSelector.currentNode() is None
+
+
+def test_apply_runs_in_the_background_and_shows_the_results(panel):
+    widget, data, app = panel
+    scene, ui, parameters = data["scene"], widget.ui, widget._parameterNode
+    output_volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
+    parameters.method, parameters.transform_family = "affine", "rigid"
+    parameters.levels, parameters.iterations = "2, 1", "20, 10"
+    parameters.fixed_labels, parameters.moving_labels = data["fixed_segmentation"], data["moving_segmentation"]
+    parameters.output_volume = output_volume
+
+    ui.applyButton.click()
+    # Apply returned while the child runs: the button now cancels, the timer polls, the cursor is back
+    assert widget.job is not None and widget.job.process.poll() is None
+    assert ui.applyButton.text == "Cancel" and ui.applyButton.enabled and widget.timer.active
+    assert app.override_cursors == []
+    command = ui.logTextEdit.toPlainText().splitlines()[0]
+    assert command.startswith(f"running: {app.slicerHome}/bin/PythonSlicer -m RegSegLib.cli register ")
+    assert "--transform rigid" in command and "--levels 2.0,1.0 --iterations 20,10" in command
+
+    values = []
+    run_until_idle(widget, condition=lambda: values.append(ui.progressBar.value()) and False)
+    assert widget.job is None and not widget.timer.active
+    assert ui.applyButton.text == "Apply" and ui.applyButton.enabled
+    assert ui.statusLabel.text == "Done" and ui.progressBar.value() == 100 and app.errors == []
+    assert values == sorted(values) and len(set(values)) > 3
+    assert "done in" in ui.logTextEdit.toPlainText()
+    assert "Result transform: moving MR to fixed MR (affine)" in ui.logTextEdit.toPlainText()
+    transform = scene.GetFirstNodeByName("moving MR to fixed MR (affine)")
+    assert transform.IsA("vtkMRMLLinearTransformNode")
+    assert parameters.output_transform is None  # the next Apply creates its own node
+    matrix = vtk.vtkMatrix4x4()
+    transform.GetMatrixTransformFromParent(matrix)
+    rotation = numpy_matrix(matrix)[:3, :3]
+    np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-6)  # rigid, as chosen
+    assert np.abs(numpy_matrix(matrix) - np.eye(4)).max() > 1e-3
+    assert slicer.util.arrayFromVolume(output_volume).shape == slicer.util.arrayFromVolume(data["fixed"]).shape
+    assert np.abs(node_ijk_to_ras(output_volume) - node_ijk_to_ras(data["fixed"])).max() < 1e-6
+    assert app.layers == [{"background": data["fixed"], "foreground": output_volume, "foregroundOpacity": 0.5}]
+    table = parameters.output_table.GetTable()
+    assert table.GetValue(0, 0).ToString() == "prostate" and 0.0 < table.GetValue(0, 2).ToDouble() <= 1.0
+
+    # then elastic, as users go on: a second result node, a dense one, and the same table updated
+    parameters.method, parameters.deformable_iterations = "deformable", "4, 0"
+    ui.applyButton.click()
+    run_until_idle(widget)
+    assert app.errors == [] and ui.statusLabel.text == "Done"
+    dense = scene.GetFirstNodeByName("moving MR to fixed MR (deformable)")
+    assert dense is not None and not dense.IsLinear() and transform.GetScene() is scene
+    assert parameters.output_table.GetTable() is table and table.GetNumberOfRows() == 2
+
+
+def test_cancel_stops_the_child_and_leaves_the_scene_as_it_was(panel):
+    widget, data, _ = panel
+    scene, ui, parameters = data["scene"], widget.ui, widget._parameterNode
+    parameters.method = "deformable"
+    before = scene_state(scene)
+    ui.applyButton.click()
+    child = widget.job.process.process
+    run_until_idle(widget, condition=lambda: ui.progressBar.value() >= 2)
+    assert widget.timer.active, "the registration ended before it could be cancelled"
+    ui.applyButton.click()  # the button says Cancel
+    assert child.poll() is not None
+    assert widget.job is None and not widget.timer.active
+    assert ui.applyButton.text == "Apply" and ui.statusLabel.text == "Cancelled"
+    assert parameters.output_transform is None and scene_state(scene) == before
+
+
+def test_closing_the_scene_cancels_a_running_registration(panel):
+    widget, data, _ = panel
+    widget._parameterNode.method = "deformable"
+    widget.ui.applyButton.click()
+    child = widget.job.process.process
+    data["scene"].Clear(0)
+    assert child.poll() is not None and widget.job is None and not widget.timer.active
+    assert widget.ui.applyButton.text == "Apply"
+    # the panel has a new parameter node in the emptied scene, with nothing to register
+    assert widget._parameterNode is not None and widget._parameterNode.fixed_volume is None
+    assert not widget.ui.applyButton.enabled
+
+
+def test_a_failing_registration_shows_the_child_message_naming_the_node(panel):
+    widget, data, app = panel
+    fixed = data["fixed"]
+    constant = add_volume(data["scene"], "empty volume", np.zeros((20, 21, 22), np.float32), node_ijk_to_ras(fixed))
+    widget._parameterNode.moving_volume = constant
+    widget.ui.applyButton.click()
+    run_until_idle(widget)
+    assert len(app.errors) == 1 and app.errors[0].startswith("Registration failed: ")
+    assert "moving volume 'empty volume'" in app.errors[0] and "is constant" in app.errors[0]
+    assert "non-zero exit status" not in app.errors[0]
+    assert widget.ui.statusLabel.text == "Failed" and widget.ui.applyButton.text == "Apply"
+    assert widget._parameterNode.output_transform is None
+
+
+def test_a_bad_advanced_setting_is_shown_and_nothing_starts(panel):
+    widget, data, app = panel
+    widget._parameterNode.levels = "4,x"
+    before = scene_state(data["scene"])
+    with pytest.raises(ValueError):  # Slicer shows the message box, then PythonQt logs the exception
+        widget.ui.applyButton.click()
+    assert app.errors == ["Registration could not start.\n\nThe pyramid levels must be comma-separated numbers, got '4,x'."]
+    assert widget.job is None and not widget.timer.active and app.override_cursors == []
+    assert widget.ui.applyButton.text == "Apply" and scene_state(data["scene"]) == before
