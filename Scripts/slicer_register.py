@@ -8,8 +8,10 @@
 
 Writes ``D/transform.h5`` (the output transform node: fixed -> moving, "transform from parent"),
 ``D/warped.nrrd`` (the moving volume on the fixed grid) and keeps RegSeg's own result folder in
-``D/regseg`` (``metrics.json``, ``qc.png``, ...). Exit codes: 0 success, 1 registration failed, 2 bad arguments
-or inputs. Also runs with plain Python when the ``slicer-core`` package provides the MRML classes.
+``D/regseg`` (``metrics.json``, ``qc.png``, ...). Exit codes: 0 success, 1 registration failed, 2 bad
+arguments or inputs. In an installed extension the script lies in
+``<extension>/lib/Slicer-X.Y/qt-scripted-modules/Scripts/``. Also runs with plain Python when the
+``slicer-core`` package provides the MRML classes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
-MODULE_FOLDER = Path(__file__).resolve().parents[1] / "RegSeg"
+SCRIPT_FOLDER = Path(__file__).resolve().parent
+MODULE_FOLDER = next(
+    (folder for folder in (SCRIPT_FOLDER.parent / "RegSeg", SCRIPT_FOLDER.parent) if (folder / "RegSegSlicerLib").is_dir()),
+    SCRIPT_FOLDER.parent / "RegSeg",
+)
+"""The folder of the module files: ``RegSeg/`` in a source checkout, ``qt-scripted-modules`` in an installed
+extension (where CMake installs this script into ``qt-scripted-modules/Scripts``)."""
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:

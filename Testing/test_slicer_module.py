@@ -285,17 +285,51 @@ def test_batch_script_fails_with_one_line_and_status_2_on_a_missing_file(tmp_pat
     assert completed.stderr.strip().splitlines()[-1] == f"slicer_register: error: {tmp_path / 'absent.nrrd'}: file not found"
 
 
-def test_batch_script_registers_real_volumes_with_advanced_settings(tmp_path, shared_data):
-    """The batch script end to end on two prostate MR volumes (MRML from slicer-core, the child runs RegSegLib)."""
+def installed_extension(folder: Path) -> Path:
+    """What CMake installs into ``qt-scripted-modules``: the module files and resources, RegSegLib, the batch script."""
+    import shutil
+
+    modules = folder / "qt-scripted-modules"
+    files = [(p, p.relative_to(MODULE_FOLDER)) for p in cmake_listed_files(MODULE_FOLDER / "CMakeLists.txt")]
+    files += [(p, p.relative_to(REPOSITORY_ROOT)) for p in (REPOSITORY_ROOT / "RegSegLib").rglob("*.py")]
+    top = (REPOSITORY_ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"install\(FILES Scripts/slicer_register.py\s+DESTINATION \$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}/Scripts", top)
+    files.append((REPOSITORY_ROOT / "Scripts" / "slicer_register.py", Path("Scripts") / "slicer_register.py"))
+    for source, relative in files:
+        (modules / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, modules / relative)
+    return modules
+
+
+def test_the_installed_layout_finds_regseglib_beside_the_modules(tmp_path):
+    import subprocess
+
+    modules = installed_extension(tmp_path)
+    completed = subprocess.run(
+        [sys.executable, "-c", "from RegSegSlicerLib import paths; print(paths.regseglib_root()); print(paths.MODULE_FOLDER)"],
+        cwd=str(modules), capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(modules)},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.split() == [str(modules), str(modules)]
+
+
+@pytest.mark.parametrize("layout", ["checkout", "installed"])
+def test_batch_script_registers_real_volumes_with_advanced_settings(tmp_path, shared_data, layout):
+    """The batch script end to end on two prostate MR volumes (MRML from slicer-core, the child runs RegSegLib),
+    from the source checkout and from the folder layout of an installed extension."""
     import json
     import subprocess
 
     import SimpleITK as sitk
 
+    if layout == "checkout":
+        script = REPOSITORY_ROOT / "Scripts" / "slicer_register.py"
+    else:
+        script = installed_extension(tmp_path / "extension") / "Scripts" / "slicer_register.py"
     folder = shared_data / "prostate-mr-us" / "mr"
     out = tmp_path / "out"
     completed = subprocess.run(
-        [sys.executable, str(REPOSITORY_ROOT / "Scripts" / "slicer_register.py"), "--fixed", str(folder / "case000000.nii.gz"),
+        [sys.executable, str(script), "--fixed", str(folder / "case000000.nii.gz"),
          "--moving", str(folder / "case000001.nii.gz"), "--output-dir", str(out), "--transform", "rigid",
          "--device", "cpu", "--levels", "2,1", "--iterations", "20,10"],
         capture_output=True, text=True, timeout=600,
