@@ -435,16 +435,21 @@ class RegSegRegistrationTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_failure_reports_the_child_message()
 
-    def _pair(self):
-        """MRHead as the fixed volume and a copy moved 6 mm along R (geometry only) as the moving one."""
+    def fixed_volume(self):
+        """The fixed volume of the tests: Slicer's MRHead sample."""
         import SampleData
 
-        fixed = SampleData.downloadSample("MRHead")
-        moving = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, fixed, "MRHead shifted")
+        return SampleData.downloadSample("MRHead")
+
+    def _pair(self):
+        """The fixed volume and a copy of it moved 6 mm along R (geometry only) as the moving one."""
+        fixed = self.fixed_volume()
+        moving = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{fixed.GetName()} shifted")
         matrix = vtk.vtkMatrix4x4()
-        moving.GetIJKToRASMatrix(matrix)
+        fixed.GetIJKToRASMatrix(matrix)
         matrix.SetElement(0, 3, matrix.GetElement(0, 3) + 6.0)
         moving.SetIJKToRASMatrix(matrix)
+        slicer.util.updateVolumeFromArray(moving, slicer.util.arrayFromVolume(fixed).copy())
         return fixed, moving
 
     def test_affine_recovers_a_known_shift(self):
@@ -480,5 +485,5 @@ class RegSegRegistrationTest(ScriptedLoadableModuleTest):
         slicer.util.arrayFromVolumeModified(moving)
         with self.assertRaises(RuntimeError) as raised:
             RegSegRegistrationLogic().register(fixed, moving)
-        self.assertIn("'MRHead shifted'", str(raised.exception))
+        self.assertIn(f"moving volume '{moving.GetName()}'", str(raised.exception))
         self.delayDisplay("Test passed")

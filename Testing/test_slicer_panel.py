@@ -186,3 +186,21 @@ def test_a_bad_advanced_setting_is_shown_and_nothing_starts(panel):
     assert app.errors == ["Registration could not start.\n\nThe pyramid levels must be comma-separated numbers, got '4,x'."]
     assert widget.job is None and not widget.timer.active and app.override_cursors == []
     assert widget.ui.applyButton.text == "Apply" and scene_state(data["scene"]) == before
+
+
+def test_the_in_slicer_self_test_passes_on_a_real_scene(shared_data, monkeypatch):
+    """RegSegRegistrationTest (what Slicer's ctest runs), with a prostate MR volume in place of the MRHead download."""
+    data = prostate_scene(shared_data)
+    monkeypatch.setattr(slicer, "mrmlScene", data["scene"], raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    fixed_array, fixed_matrix = slicer.util.arrayFromVolume(data["fixed"]).copy(), node_ijk_to_ras(data["fixed"])
+    with slicer_module_standins():
+        module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
+
+        class LocalSelfTest(module.RegSegRegistrationTest):
+            def fixed_volume(self):
+                return add_volume(slicer.mrmlScene, "prostate MR", fixed_array, fixed_matrix)
+
+        test = LocalSelfTest()
+        test.runTest()
+    assert data["scene"].GetFirstNodeByName("prostate MR shifted") is not None
