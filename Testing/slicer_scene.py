@@ -6,6 +6,7 @@ matrix and geometry helpers. Needs ``slicer-core``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -83,17 +84,31 @@ def add_volume(scene, name: str, array: np.ndarray, matrix: np.ndarray, label_ma
     return node
 
 
-def add_segmentation(scene, name: str, segment: str, label_array: np.ndarray, matrix: np.ndarray):
-    """A segmentation node with one segment made from a label map (through Slicer's own import)."""
+def add_segmentation(scene, name: str, segments: str | Sequence[str], label_array: np.ndarray, matrix: np.ndarray):
+    """A segmentation node made from a label map through Slicer's own import.
+
+    Args:
+        segments: the segment names of label values 1, 2, ... (one name for a single label).
+    """
+    names = [segments] if isinstance(segments, str) else list(segments)
     label_map = slicer.vtkMRMLLabelMapVolumeNode()
     label_map.SetIJKToRASMatrix(vtk_matrix(matrix))
     slicer.util.updateVolumeFromArray(label_map, label_array.astype(np.uint8))
     scene.AddNode(label_map)
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_map, segmentation)
-    segmentation.GetSegmentation().GetNthSegment(0).SetName(segment)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == len(names)
+    for index, segment_name in enumerate(names):
+        segmentation.GetSegmentation().GetNthSegment(index).SetName(segment_name)
     scene.RemoveNode(label_map)
     return segmentation
+
+
+def corner_box(shape_kji, size: int = 5) -> np.ndarray:
+    """``[K, J, I]`` bool array: a cube of ``size`` voxels in the first corner (far from the prostate)."""
+    box = np.zeros(shape_kji, dtype=bool)
+    box[1 : 1 + size, 1 : 1 + size, 1 : 1 + size] = True
+    return box
 
 
 def prostate_scene(shared_data: Path) -> dict:
@@ -101,7 +116,8 @@ def prostate_scene(shared_data: Path) -> dict:
 
     Returns:
         ``scene``, ``fixed``, ``moving`` (volume nodes), ``fixed_gland`` (``[K, J, I]`` array on the fixed grid),
-        ``fixed_segmentation``, ``moving_segmentation`` (one segment named ``prostate`` each).
+        ``fixed_segmentation`` (one segment, ``prostate``), ``moving_segmentation`` (segments ``other``, a box in a
+        corner, then ``prostate``: Dice pairs segments by name, not by position).
     """
     register_segmentation_converters()
     scene = slicer.vtkMRMLScene()
@@ -117,7 +133,9 @@ def prostate_scene(shared_data: Path) -> dict:
         "moving": add_volume(scene, "moving MR", moving_array, moving_matrix),
         "fixed_gland": fixed_gland,
         "fixed_segmentation": add_segmentation(scene, "fixed gland", "prostate", fixed_gland, fixed_matrix),
-        "moving_segmentation": add_segmentation(scene, "moving gland", "prostate", moving_gland, moving_matrix),
+        "moving_segmentation": add_segmentation(
+            scene, "moving gland", ["other", "prostate"], np.where(moving_gland > 0, 2, corner_box(moving_gland.shape)), moving_matrix
+        ),
     }
 
 

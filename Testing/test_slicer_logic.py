@@ -208,8 +208,8 @@ def test_dense_result_loads_as_grid_transform_matching_regseg(deformable_run, pr
     ours = regseg.transform_points(torch.as_tensor(points)).numpy()
     theirs = np.array([node.GetTransformFromParent().TransformPoint(tuple(p)) for p in points])
     assert np.abs(theirs - ours).max() < TOLERANCE_MM
-    # and the displacement itself is RegSeg's
-    assert np.abs((theirs - points) - (ours - points)).max() < TOLERANCE_MM
+    # the points really move (a node holding no displacement would be far off)
+    assert np.linalg.norm(ours - points, axis=1).max() > 1.0
 
 
 def test_affine_run_from_a_dense_initial_transform_keeps_it_in_the_result(deformable_run, prostate, module, tmp_path):
@@ -255,7 +255,8 @@ def test_dense_run_with_segmentation_labels_fills_the_dice_table(deformable_run)
     assert after == pytest.approx(next(iter(dice["per_label"].values())), abs=1e-9)
     before = float(table.GetValue(0, 1).ToDouble())
     assert before == pytest.approx(next(iter(dice["before_per_label"].values())), abs=1e-9)
-    assert 0.0 < before <= 1.0 and 0.0 <= after <= 1.0
+    # the moving segmentation lists "other" (a corner box) first: pairing by position would give Dice near 0
+    assert 0.6 < before < after <= 1.0
     assert table.GetValue(1, 0).ToString() == "mean"
 
 

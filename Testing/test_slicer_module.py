@@ -26,12 +26,26 @@ LIBRARY_FILES = sorted((MODULE_FOLDER / "RegSegSlicerLib").glob("*.py"))
 
 @pytest.mark.parametrize("path", MODULE_FILES + LIBRARY_FILES, ids=lambda p: p.name)
 def test_every_module_file_imports_without_torch(path):
-    torch_loaded = "torch" in sys.modules
-    with slicer_module_standins():
-        module = import_file(path)
-    assert module.__doc__
-    if not torch_loaded:
-        assert "torch" not in sys.modules
+    """Slicer imports the module files at start-up, before any dependency is installed: no torch there.
+
+    Checked in a fresh interpreter, since this test process has torch loaded already.
+    """
+    import subprocess
+
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from slicer_standins import import_file, slicer_module_standins
+        with slicer_module_standins():
+            module = import_file(__import__("pathlib").Path({str(path)!r}))
+        assert module.__doc__, "no docstring"
+        print(sorted(name for name in sys.modules if name == "torch" or name.startswith("torch.")))
+        """
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
 
 
 def test_module_follows_the_scripted_module_template():
@@ -108,7 +122,8 @@ def test_every_file_cmake_lists_exists_and_every_helper_is_listed():
     missing = [str(p) for p in listed if not p.is_file()]
     assert not missing
     helpers = {p.relative_to(MODULE_FOLDER) for p in LIBRARY_FILES} | {p.relative_to(MODULE_FOLDER) for p in MODULE_FILES}
-    assert helpers <= {p.relative_to(MODULE_FOLDER) for p in listed}
+    resources = {p.relative_to(MODULE_FOLDER) for p in (MODULE_FOLDER / "Resources").rglob("*") if p.is_file()}
+    assert helpers | resources == {p.relative_to(MODULE_FOLDER) for p in listed}
     top = (REPOSITORY_ROOT / "CMakeLists.txt").read_text()
     for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert f"set(EXTENSION_{field} " in top
@@ -175,6 +190,18 @@ def test_state_machine_refuses_impossible_transitions():
     assert TRANSITIONS[JobState.IMPORTING] == {JobState.IDLE, JobState.FAILED}
     assert all(not TRANSITIONS[state] for state in FINAL_STATES)
     assert JobState.IMPORTING not in TRANSITIONS[JobState.STARTING]
+    with slicer_module_standins():
+        from RegSegSlicerLib.registration import RegistrationJob, RegistrationRequest
+
+    states = []
+    job = RegistrationJob(None, RegistrationRequest(None, None), python=sys.executable, env={}, on_state=states.append)
+    with pytest.raises(RuntimeError, match="a job cannot go from idle to importing results"):
+        job._set_state(JobState.IMPORTING)
+    job._set_state(JobState.STARTING)
+    job._set_state(JobState.CANCELLED)
+    with pytest.raises(RuntimeError, match="a job cannot go from cancelled to running"):
+        job._set_state(JobState.RUNNING)
+    assert job.state is JobState.CANCELLED and states == [JobState.STARTING, JobState.CANCELLED]
 
 
 # ------------------------------------------------------------------------------------------------ the runner
@@ -320,7 +347,13 @@ def test_batch_script_registers_real_volumes_with_advanced_settings(tmp_path, sh
     import json
     import subprocess
 
+    import numpy as np
     import SimpleITK as sitk
+    import torch
+
+    from RegSegLib import geometry
+    from RegSegLib.io.transforms import read_transform
+    from RegSegLib.io.volumes import read_volume
 
     if layout == "checkout":
         script = REPOSITORY_ROOT / "Scripts" / "slicer_register.py"
@@ -335,11 +368,21 @@ def test_batch_script_registers_real_volumes_with_advanced_settings(tmp_path, sh
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr
-    transform = sitk.ReadTransform(str(out / "transform.h5"))
-    assert transform.GetDimension() == 3
-    warped = sitk.ReadImage(str(out / "warped.nrrd"))
-    fixed = sitk.ReadImage(str(folder / "case000000.nii.gz"))
-    assert warped.GetSize() == fixed.GetSize()
+    # the saved transform node is RegSeg's result (ITK reads it; it maps points as RegSeg's own file does)
+    assert sitk.ReadTransform(str(out / "transform.h5")).GetDimension() == 3
+    saved, regseg = read_transform(out / "transform.h5"), read_transform(out / "regseg" / "transform.h5")
+    fixed, moving = read_volume(folder / "case000000.nii.gz"), read_volume(folder / "case000001.nii.gz")
+    ijk = 2.0 + np.random.default_rng(1).random((100, 3)) * (np.array(fixed.shape[::-1]) - 5.0)
+    points = torch.as_tensor(geometry.transform_points(fixed.ijk_to_ras, ijk))
+    ours = regseg.transform_points(points)
+    assert (saved.transform_points(points) - ours).abs().max() < 0.01
+    assert (ours - points).norm(dim=1).max() > 0.5
+    # the saved warped volume is RegSeg's warped image on the fixed grid, not the moving image
+    warped, regseg_warped = read_volume(out / "warped.nrrd"), read_volume(out / "regseg" / "warped.nii.gz")
+    assert warped.shape == fixed.shape and np.abs(warped.ijk_to_ras - fixed.ijk_to_ras).max() < 1e-4
+    value_range = float(moving.data.max() - moving.data.min())
+    assert (warped.data - regseg_warped.data).abs().max() < 1e-3 * value_range
+    assert (warped.data - moving.data).abs().mean() > 0.01 * value_range
     settings = json.loads((out / "regseg" / "metrics.json").read_text())["settings"]
     assert settings["affine"] == {"levels": [2.0, 1.0], "iterations": [20, 10]}
 

@@ -23,10 +23,24 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package does not provide MRML classes", allow_module_level=True)
 import vtk  # noqa: E402
 
-from slicer_scene import add_volume, node_ijk_to_ras, numpy_matrix, prostate_scene, scene_state  # noqa: E402
+from slicer_scene import (  # noqa: E402
+    add_segmentation,
+    add_volume,
+    corner_box,
+    node_ijk_to_ras,
+    numpy_matrix,
+    prostate_scene,
+    scene_state,
+)
 
 DEADLINE_S = 300.0
 
+
+def read_label_map(path):
+    """A label map node read from a file RegSeg's panel exported."""
+    from RegSegSlicerLib import nodes
+
+    return nodes.read_volume_file(path, label_map=True)
 
 @pytest.fixture
 def panel(shared_data, tmp_path, monkeypatch):
@@ -84,6 +98,37 @@ def test_segment_choice_appears_only_for_a_segmentation_mask(panel):
     assert not ui.fixedMaskSegmentSelector.visible and ui.fixedMaskSegmentSelector.currentNode() is None
 
 
+def test_the_chosen_mask_segments_are_the_masks_the_registration_gets(panel):
+    widget, data, _ = panel
+    scene, ui, parameters = data["scene"], widget.ui, widget._parameterNode
+    gland = data["fixed_gland"] > 0
+    box = corner_box(gland.shape)
+    assert not (box & gland).any()
+    structures = add_segmentation(scene, "fixed structures", ["prostate", "box"], np.where(box, 2, gland), node_ijk_to_ras(data["fixed"]))
+    segment_id = {
+        (node.GetName(), node.GetSegmentation().GetNthSegment(n).GetName()): node.GetSegmentation().GetNthSegmentID(n)
+        for node in (structures, data["moving_segmentation"])
+        for n in range(node.GetSegmentation().GetNumberOfSegments())
+    }
+    # what the parameter binding does when the user picks a mask: the node in both the parameter and the combo box
+    parameters.fixed_mask, parameters.moving_mask = structures, data["moving_segmentation"]
+    ui.fixedMaskSelector.setCurrentNode(structures)
+    ui.movingMaskSelector.setCurrentNode(data["moving_segmentation"])
+    ui.fixedMaskSegmentSelector.setSelectedSegmentIDs([segment_id[("fixed structures", "prostate")]])
+    ui.movingMaskSegmentSelector.setSelectedSegmentIDs([segment_id[("moving gland", "other")]])
+    parameters.method = "deformable"
+    ui.applyButton.click()
+    command = ui.logTextEdit.toPlainText().splitlines()[0]
+    assert " --fixed-mask " in command and " --moving-mask " in command
+    work = widget.job.work_dir
+    fixed_mask = slicer.util.arrayFromVolume(read_label_map(work / "fixed_mask.nrrd"))
+    moving_mask = slicer.util.arrayFromVolume(read_label_map(work / "moving_mask.nrrd"))
+    np.testing.assert_array_equal(fixed_mask > 0, gland)
+    np.testing.assert_array_equal(moving_mask > 0, corner_box(moving_mask.shape))
+    ui.applyButton.click()  # Cancel
+    assert widget.job is None
+
+
 def test_apply_runs_in_the_background_and_shows_the_results(panel):
     widget, data, app = panel
     scene, ui, parameters = data["scene"], widget.ui, widget._parameterNode
@@ -107,6 +152,7 @@ def test_apply_runs_in_the_background_and_shows_the_results(panel):
     assert widget.job is None and not widget.timer.active
     assert ui.applyButton.text == "Apply" and ui.applyButton.enabled
     assert ui.statusLabel.text == "Done" and ui.progressBar.value() == 100 and app.errors == []
+    assert app.processed_events == 0  # the panel never spins the event loop inside a slot (no re-entrancy)
     assert values == sorted(values) and len(set(values)) > 3
     assert "done in" in ui.logTextEdit.toPlainText()
     assert "Result transform: moving MR to fixed MR (affine)" in ui.logTextEdit.toPlainText()

@@ -287,13 +287,6 @@ def segmentation_to_label_map(segmentation_node, reference_volume, ids: Sequence
     image.SetSpacing(1.0, 1.0, 1.0)
     if hasattr(image, "SetDirectionMatrix"):
         image.SetDirectionMatrix(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-    extent = merged.GetExtent()
-    if extent[0] or extent[2] or extent[4]:
-        image.SetExtent(0, extent[1] - extent[0], 0, extent[3] - extent[2], 0, extent[5] - extent[4])
-        shift = vtk.vtkMatrix4x4()
-        for axis, start in enumerate(extent[0::2]):
-            shift.SetElement(axis, 3, start)
-        vtk.vtkMatrix4x4.Multiply4x4(matrix, shift, matrix)
     label_map = slicer.vtkMRMLLabelMapVolumeNode()
     label_map.SetIJKToRASMatrix(matrix)
     label_map.SetAndObserveImageData(image)
