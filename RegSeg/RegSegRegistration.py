@@ -161,9 +161,16 @@ class RegSegRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
+        self._disconnectParameterNode()
+
+    def _disconnectParameterNode(self) -> None:
+        """Unbinds the GUI from the parameter node and stops observing it (once, whichever of exit/switch comes first)."""
+        if not self._parameterNode:
+            return
+        if self._parameterNodeGuiTag is not None:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
+        if self.hasObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
 
     def onSceneStartClose(self, caller, event) -> None:
@@ -184,9 +191,7 @@ class RegSegRegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 self._parameterNode.moving_volume = volumes[1]
 
     def setParameterNode(self, inputParameterNode) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._disconnectParameterNode()
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)

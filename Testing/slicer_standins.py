@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import sys
+import typing
 import types
 import unittest
 from pathlib import Path
@@ -100,28 +102,54 @@ class WithinRange:
         self.minimum, self.maximum = minimum, maximum
 
 
+def _holds_nodes(annotation) -> bool:
+    """Whether a field holds MRML nodes: a node class, or ``Optional``/``Union``/``Annotated`` of node classes."""
+    arguments = typing.get_args(annotation)
+    if arguments:
+        return any(_holds_nodes(argument) for argument in arguments if argument is not type(None))
+    return isinstance(annotation, type) and annotation.__name__.startswith("vtkMRML")
+
+
+def _parameter_property(name: str, default, holds_nodes: bool) -> property:
+    """A field kept in the scripted module node, as the real wrapper keeps it: node references for nodes
+    (a removed node reads back as ``None``), JSON text in a parameter for the rest (absent: the default)."""
+
+    def get(self):
+        node = self.parameterNode
+        if holds_nodes:
+            return node.GetNodeReference(name)
+        return json.loads(node.GetParameter(name)) if name in node.GetParameterNames() else default
+
+    def set(self, value) -> None:
+        node = self.parameterNode
+        if holds_nodes:
+            node.SetNodeReferenceID(name, value.GetID() if value is not None else None)
+        else:
+            node.SetParameter(name, json.dumps(value))
+
+    return property(get, set)
+
+
 def parameterNodeWrapper(cls):
     """Stand-in for ``slicer.parameterNodeWrapper.parameterNodeWrapper``.
 
-    The wrapped class takes the MRML parameter node; each annotated field starts at its class default (``None``
-    without one), setting a field marks the node modified (so ``ModifiedEvent`` observers run), observers are the
-    node's, and ``connectGui``/``disconnectGui`` only record the binding (binding widgets is Qt's part: tests set
-    the fields as the widgets would).
+    The wrapped class takes the MRML scripted module node and keeps every annotated field in it (so a new
+    wrapper of the same node reads the same values, and setting a field fires the node's ``ModifiedEvent``);
+    observers are the node's; ``connectGui``/``disconnectGui`` only record the binding (binding widgets is Qt's
+    part: tests set the fields as the widgets would). ``parameter_defaults`` holds the class defaults.
     """
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = list(cls.__annotations__)
+    defaults = {name: getattr(cls, name, None) for name in names}
 
-    def __init__(self, parameterNode=None) -> None:
+    def __init__(self, parameterNode) -> None:
         object.__setattr__(self, "parameterNode", parameterNode)
         object.__setattr__(self, "connected_guis", {})
-        for name in names:
-            object.__setattr__(self, name, getattr(cls, name, None))
 
     def __setattr__(self, name, value) -> None:
         if name not in names:
             raise AttributeError(f"{cls.__name__} has no parameter {name!r}")
         object.__setattr__(self, name, value)
-        if self.parameterNode is not None:
-            self.parameterNode.Modified()
 
     def AddObserver(self, event, callback, priority=0.0):
         return self.parameterNode.AddObserver(event, callback, priority)
@@ -139,7 +167,10 @@ def parameterNodeWrapper(cls):
 
     for method in (__init__, __setattr__, AddObserver, RemoveObserver, connectGui, disconnectGui):
         setattr(cls, method.__name__, method)
+    for name in names:
+        setattr(cls, name, _parameter_property(name, defaults[name], _holds_nodes(hints[name])))
     cls.parameter_names = names
+    cls.parameter_defaults = defaults
     return cls
 
 

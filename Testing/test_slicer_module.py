@@ -491,8 +491,7 @@ def panel_parameters(module, **values):
     """The parameter node's fields with their defaults (``None`` for nodes), overridden by ``values``."""
     import types
 
-    wrapper = module.RegSegRegistrationParameterNode
-    return types.SimpleNamespace(**{**{name: getattr(wrapper, name, None) for name in wrapper.parameter_names}, **values})
+    return types.SimpleNamespace(**{**module.RegSegRegistrationParameterNode.parameter_defaults, **values})
 
 
 def test_panel_fields_become_the_request_and_empty_or_zero_is_the_default():

@@ -34,6 +34,7 @@ from slicer_scene import (  # noqa: E402
 )
 
 DEADLINE_S = 300.0
+pytestmark = pytest.mark.filterwarnings("error:does not have observer", "error:already has observer")
 
 
 def read_label_map(path):
@@ -83,6 +84,22 @@ def test_the_panel_picks_the_volumes_binds_every_selector_to_the_scene_and_enabl
     assert widget.ui.applyButton.enabled and widget.ui.applyButton.text == "Apply"
     parameters.moving_volume = None
     assert not widget.ui.applyButton.enabled and widget.ui.applyButton.toolTip == "Select fixed and moving volumes"
+
+
+def test_the_panel_keeps_the_users_choices_when_reentered_and_forgets_removed_nodes(panel):
+    widget, data, _ = panel
+    scene, parameters = data["scene"], widget._parameterNode
+    third = add_volume(scene, "third MR", slicer.util.arrayFromVolume(data["moving"]).copy(), node_ijk_to_ras(data["moving"]))
+    output = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "warped")
+    parameters.moving_volume, parameters.method, parameters.levels = third, "deformable", "2, 1"
+    parameters.regularisation, parameters.output_volume = 2.5, output
+    widget.exit()
+    widget.enter()
+    again = widget._parameterNode
+    assert again is not parameters and again.fixed_volume is data["fixed"] and again.moving_volume is third
+    assert (again.method, again.levels, again.regularisation, again.output_volume) == ("deformable", "2, 1", 2.5, output)
+    scene.RemoveNode(output)
+    assert again.output_volume is None
 
 
 def test_segment_choice_appears_only_for_a_segmentation_mask(panel):
