@@ -23,9 +23,9 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """Path of ``../shared/data``; skips the test when the real data is not on this machine."""
+    """Path of ``../shared/data``, the real data the tests run on (CI clones the project beside it)."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (see shared/data/README.md)")
+        pytest.fail(f"{SHARED_DATA}: real data folder not found; clone RegSeg beside ../shared (see shared/data/README.md)")
     return SHARED_DATA
 
 

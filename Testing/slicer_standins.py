@@ -102,6 +102,22 @@ class WithinRange:
         self.minimum, self.maximum = minimum, maximum
 
 
+def require_mrml():
+    """slicer-core's ``slicer`` module, with the real MRML classes (the test extra installs it).
+
+    Raises:
+        ImportError: slicer-core is not installed, or another package named ``slicer`` took its place.
+    """
+    import slicer
+
+    if not hasattr(slicer, "vtkMRMLScene"):
+        raise ImportError(
+            f"the 'slicer' package at {slicer.__file__} has no MRML classes; the tests need slicer-core "
+            "(bash Scripts/setup_env.sh test)"
+        )
+    return slicer
+
+
 def _holds_nodes(annotation) -> bool:
     """Whether a field holds MRML nodes: a node class, or ``Optional``/``Union``/``Annotated`` of node classes."""
     arguments = typing.get_args(annotation)

@@ -18,11 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from slicer_standins import MODULE_FOLDER, import_file, slicer_module_standins
+from slicer_standins import MODULE_FOLDER, import_file, require_mrml, slicer_module_standins
 
-slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without Qt) is not installed")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("the installed 'slicer' package does not provide MRML classes", allow_module_level=True)
+slicer = require_mrml()
 import vtk  # noqa: E402
 
 from RegSegLib import geometry  # noqa: E402

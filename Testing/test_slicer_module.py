@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from slicer_standins import MODULE_FOLDER, REPOSITORY_ROOT, import_file, slicer_module_standins
+from slicer_standins import MODULE_FOLDER, REPOSITORY_ROOT, import_file, require_mrml, slicer_module_standins
 
-slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without Qt) is not installed")
+slicer = require_mrml()
 
 MODULE_FILES = sorted(MODULE_FOLDER.glob("*.py"))
 LIBRARY_FILES = sorted((MODULE_FOLDER / "RegSegSlicerLib").glob("*.py"))

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import make_ijk_to_ras, rotation_about
-from slicer_standins import MODULE_FOLDER, import_file
+from slicer_standins import MODULE_FOLDER, import_file, require_mrml
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
 from RegSegLib.io.transforms import read_transform, write_transform
@@ -315,10 +315,7 @@ def test_wrong_files_are_input_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def mrml():
-    slicer = pytest.importorskip("slicer", reason="slicer-core (MRML without Qt) is not installed")
-    if not hasattr(slicer, "vtkMRMLTransformStorageNode"):
-        pytest.skip("the installed 'slicer' package does not provide MRML classes")
-    return slicer
+    return require_mrml()
 
 
 def load_transform_node(slicer, scene, path: Path):

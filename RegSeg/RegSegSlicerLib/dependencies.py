@@ -17,8 +17,8 @@ import importlib.util
 import inspect
 import re
 import subprocess
-from types import ModuleType
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Sequence
 
 from RegSegSlicerLib.paths import MODULE_FOLDER
@@ -75,6 +75,7 @@ def missing_requirements(
         requirements: ``name`` or ``name>=version`` strings.
         version_of: installed version of a distribution (raises ``PackageNotFoundError`` when absent).
     """
+    importlib.invalidate_caches()  # a pip run in another process may have changed what is installed
     missing = []
     for requirement in requirements:
         name, minimum = parse_requirement(requirement)
@@ -132,12 +133,6 @@ def package_module() -> ModuleType | None:
     return None
 
 
-def installed_missing(requirements: Sequence[str]) -> list[str]:
-    """:func:`missing_requirements` after an install: the import system's caches are refreshed first."""
-    importlib.invalidate_caches()
-    return missing_requirements(requirements)
-
-
 def ensure_packages(slicer, requirements_file: str | Path = REQUIREMENTS_FILE, interactive: bool = True) -> None:
     """Installs the packages of the requirements file that are missing, after confirmation.
 
@@ -154,6 +149,13 @@ def ensure_packages(slicer, requirements_file: str | Path = REQUIREMENTS_FILE, i
     if not missing:
         return
     packages = package_module()
+    if packages is None and interactive and not slicer.util.confirmOkCancelDisplay(
+        "RegSeg needs these Python packages, which will be downloaded and installed now:\n\n"
+        + "\n".join(missing)
+        + "\n\nThis can take a few minutes.",
+        "RegSeg: install Python packages",
+    ):
+        raise DependencyError("RegSeg's Python packages were not installed: " + ", ".join(missing))
     try:
         if packages is not None:
             options = {"requester": REQUESTER}
@@ -161,24 +163,15 @@ def ensure_packages(slicer, requirements_file: str | Path = REQUIREMENTS_FILE, i
                 options["prompt_install"] = interactive
             packages.pip_ensure(packages.load_requirements(str(requirements_file)), **options)
         else:
-            if interactive and not slicer.util.confirmOkCancelDisplay(
-                "RegSeg needs these Python packages, which will be downloaded and installed now:\n\n"
-                + "\n".join(missing)
-                + "\n\nThis can take a few minutes.",
-                "RegSeg: install Python packages",
-            ):
-                raise DependencyError("RegSeg's Python packages were not installed: " + ", ".join(missing))
             slicer.util.pip_install(missing)
     except subprocess.CalledProcessError as exc:
         raise DependencyError(
             f"pip could not install {', '.join(missing)} (exit code {exc.returncode}); the Python console shows "
             "pip's output."
         ) from exc
-    except RuntimeError as exc:
-        if isinstance(exc, DependencyError):
-            raise
+    except RuntimeError as exc:  # pip_ensure's answer when the user declines
         raise DependencyError(f"RegSeg's Python packages were not installed ({exc}): {', '.join(missing)}") from exc
-    still_missing = installed_missing(requirements)
+    still_missing = missing_requirements(requirements)
     if still_missing:
         raise DependencyError("These Python packages are still missing: " + ", ".join(still_missing))
 
