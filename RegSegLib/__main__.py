@@ -2,6 +2,6 @@
 
 import sys
 
-from RegSegLib.cli import main
+from RegSegLib.cli.main import main
 
 sys.exit(main())

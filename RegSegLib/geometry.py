@@ -15,17 +15,26 @@ Every other module takes its geometry from here. The rules (DESIGN.md section 2)
   (pull-back, the ITK "resampling transform", Slicer "transform from parent"):
   ``warped(x) = moving(T(x))`` for ``x`` on the fixed grid.
 
-This module is numpy-only and cheap to import.
+A voxel grid travels as a :class:`Grid` (``ijk_to_ras`` and ``shape``); grids are the same when their
+corner voxel centres lie within :data:`GRID_TOLERANCE_MM` of each other (:func:`corner_distance_mm`).
+
+This module is numpy-only and cheap to import (torch is imported only by :meth:`Grid.points_ras`).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import torch
+
 ALIGN_CORNERS: bool = True
 """The single ``align_corners`` value used for every ``grid_sample`` / ``interpolate`` call."""
+
+GRID_TOLERANCE_MM: float = 1e-3
+"""Two grids whose corresponding corner voxel centres lie closer than this (mm) are the same grid."""
 
 LPS_TO_RAS: np.ndarray = np.diag([-1.0, -1.0, 1.0, 1.0])
 """Homogeneous 4x4 matrix that flips the first two axes; it is its own inverse."""
@@ -147,7 +156,7 @@ def grid_centre_ras(ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -> np.ndar
 
 def resampled_grid(
     ijk_to_ras: np.ndarray, shape_kji: Sequence[int], spacing_mm: float | Sequence[float]
-) -> tuple[np.ndarray, tuple[int, int, int]]:
+) -> "Grid":
     """A grid covering the same physical extent with a new voxel size and the same directions.
 
     The new grid's first and last voxel centres lie within the old grid's extent, centred on it.
@@ -158,7 +167,7 @@ def resampled_grid(
         spacing_mm: new voxel size (one value or one per i, j, k).
 
     Returns:
-        ``(new_ijk_to_ras, new_shape_kji)``.
+        The new :class:`Grid` (it unpacks as ``(new_ijk_to_ras, new_shape_kji)``).
     """
     old_spacing = spacing_of(ijk_to_ras)
     new_spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)).copy()
@@ -170,4 +179,100 @@ def resampled_grid(
     new_matrix[:3, :3] = directions * new_spacing
     centre = grid_centre_ras(ijk_to_ras, shape_kji)
     new_matrix[:3, 3] = centre - new_matrix[:3, :3] @ ((new_size - 1) / 2.0)
-    return new_matrix, (int(new_size[2]), int(new_size[1]), int(new_size[0]))
+    return Grid(new_matrix, (int(new_size[2]), int(new_size[1]), int(new_size[0])))
+
+
+def corner_distance_mm(
+    ijk_to_ras_a: np.ndarray, shape_a: Sequence[int], ijk_to_ras_b: np.ndarray, shape_b: Sequence[int]
+) -> float:
+    """Largest distance (mm) between corresponding corner voxel centres of two grids; ``inf`` if the shapes differ.
+
+    This is the one definition of "the same grid" (with :data:`GRID_TOLERANCE_MM`), used by the library,
+    the command line and the Slicer glue alike.
+    """
+    if tuple(int(n) for n in shape_a) != tuple(int(n) for n in shape_b):
+        return float("inf")
+    k, j, i = (int(n) - 1 for n in shape_a)
+    corners = np.array([[a, b, c] for a in (0, i) for b in (0, j) for c in (0, k)], dtype=np.float64)
+    difference = transform_points(ijk_to_ras_a, corners) - transform_points(ijk_to_ras_b, corners)
+    return float(np.linalg.norm(difference, axis=1).max())
+
+
+def points_ras(
+    ijk_to_ras: np.ndarray, shape_kji: Sequence[int], device: "torch.device | str | None" = None
+) -> "torch.Tensor":
+    """RAS coordinates of every voxel centre of a grid, ``[K, J, I, 3]`` float32 (computed in float64)."""
+    import torch
+
+    k, j, i = (int(n) for n in shape_kji)
+    axes = [torch.arange(n, dtype=torch.float64, device=device) for n in (k, j, i)]
+    kk, jj, ii = torch.meshgrid(*axes, indexing="ij")
+    ijk = torch.stack([ii, jj, kk], dim=-1)
+    matrix = torch.as_tensor(np.asarray(ijk_to_ras, dtype=np.float64), dtype=torch.float64, device=device)
+    return (ijk @ matrix[:3, :3].T + matrix[:3, 3]).float()
+
+
+class Grid(NamedTuple):
+    """A voxel grid: Slicer's IJK-to-RAS matrix and the spatial shape ``(K, J, I)`` of data on it.
+
+    A named tuple, so ``matrix, shape = grid`` works where a pair is expected.
+
+    Attributes:
+        ijk_to_ras: ``[4, 4]`` float64 IJK-to-RAS matrix.
+        shape: ``(K, J, I)``.
+    """
+
+    ijk_to_ras: np.ndarray
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -> "Grid":
+        """A grid with the matrix as float64 and the shape as ints."""
+        return cls(np.asarray(ijk_to_ras, dtype=np.float64), tuple(int(n) for n in shape_kji))  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        spacing = ", ".join(f"{s:.3g}" for s in self.spacing)
+        return f"Grid(shape={self.shape} (K, J, I), spacing=({spacing}) mm)"
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size along (i, j, k) in mm, ``[3]``."""
+        return spacing_of(self.ijk_to_ras)
+
+    @property
+    def num_voxels(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def extent_mm(self) -> np.ndarray:
+        """Size of the grid along (i, j, k) in mm (voxel count times spacing), ``[3]``."""
+        return self.spacing * np.array(self.shape[::-1], dtype=np.float64)
+
+    @property
+    def centre_ras(self) -> np.ndarray:
+        """RAS position of the grid centre, ``[3]``."""
+        return grid_centre_ras(self.ijk_to_ras, self.shape)
+
+    def ras_to_normalized(self) -> np.ndarray:
+        """``[4, 4]`` matrix mapping RAS points to this grid's ``grid_sample`` coordinates."""
+        return ras_to_normalized(self.ijk_to_ras, self.shape)
+
+    def normalized_to_ras(self) -> np.ndarray:
+        """``[4, 4]`` matrix mapping this grid's ``grid_sample`` coordinates to RAS points."""
+        return np.asarray(self.ijk_to_ras, dtype=np.float64) @ np.linalg.inv(ijk_to_normalized(self.shape))
+
+    def resampled(self, spacing_mm: float | Sequence[float]) -> "Grid":
+        """The grid of the same extent and directions with another voxel size (:func:`resampled_grid`)."""
+        return resampled_grid(self.ijk_to_ras, self.shape, spacing_mm)
+
+    def corner_distance_mm(self, other: "Grid") -> float:
+        """:func:`corner_distance_mm` of two grids."""
+        return corner_distance_mm(self.ijk_to_ras, self.shape, other.ijk_to_ras, other.shape)
+
+    def same_as(self, other: "Grid", tol: float = GRID_TOLERANCE_MM) -> bool:
+        """Whether both grids have the same shape and corners within ``tol`` mm."""
+        return self.corner_distance_mm(other) <= tol
+
+    def points_ras(self, device: "torch.device | str | None" = None) -> "torch.Tensor":
+        """RAS coordinates of every voxel centre, ``[K, J, I, 3]`` float32."""
+        return points_ras(self.ijk_to_ras, self.shape, device)

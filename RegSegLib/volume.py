@@ -1,4 +1,4 @@
-"""The Volume: a ``[C, K, J, I]`` tensor and its IJK-to-RAS geometry (see :mod:`RegSegLib.geometry`)."""
+"""The Volume: a ``[C, K, J, I]`` tensor on a voxel grid (see :mod:`RegSegLib.geometry`), and what it holds."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import numpy as np
 import torch
 
 from RegSegLib import geometry
+from RegSegLib.geometry import Grid
+
+KINDS: tuple[str, ...] = ("image", "labels", "mask")
+"""What a volume holds: intensities (resampled linearly), a label map or a mask (both integer, resampled
+with nearest neighbour)."""
 
 
 @dataclass
@@ -16,14 +21,17 @@ class Volume:
     """An image, label map, mask or vector field on a voxel grid.
 
     Attributes:
-        data: ``[C, K, J, I]`` tensor. Label maps keep an integer dtype.
+        data: ``[C, K, J, I]`` tensor. Label maps and masks keep an integer dtype.
         ijk_to_ras: ``[4, 4]`` float64 IJK-to-RAS matrix (Slicer's IJKToRAS).
         meta: free-form information carried along (source path, ...).
+        kind: ``image``, ``labels`` or ``mask`` (see :data:`KINDS`); a label map or mask must have
+            an integer dtype.
     """
 
     data: torch.Tensor
     ijk_to_ras: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    kind: str = "image"
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, torch.Tensor):
@@ -35,6 +43,21 @@ class Volume:
             raise ValueError(f"ijk_to_ras must be 4x4, got shape {self.ijk_to_ras.shape}")
         if abs(np.linalg.det(self.ijk_to_ras[:3, :3])) < 1e-12:
             raise ValueError("ijk_to_ras is singular")
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown volume kind {self.kind!r}; choose one of {', '.join(KINDS)}")
+        if self.kind != "image" and not self.is_integer:
+            raise ValueError(f"a {self.kind} volume needs an integer dtype, got {self.data.dtype}")
+
+    def __repr__(self) -> str:
+        return (
+            f"Volume({self.kind}, channels={self.num_channels}, {self.grid!r}, "
+            f"dtype={str(self.data.dtype).replace('torch.', '')}, device={self.data.device.type})"
+        )
+
+    @property
+    def grid(self) -> Grid:
+        """The voxel grid (IJK-to-RAS matrix and ``(K, J, I)``)."""
+        return Grid(self.ijk_to_ras, self.shape)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -58,14 +81,17 @@ class Volume:
     def num_voxels(self) -> int:
         return int(np.prod(self.shape))
 
-    def with_data(self, data: torch.Tensor) -> "Volume":
-        """A volume on the same grid with other data ``[C, K, J, I]``."""
+    def with_data(self, data: torch.Tensor, kind: str | None = None) -> "Volume":
+        """A volume on the same grid with other data ``[C, K, J, I]`` (of this volume's kind unless given)."""
         if tuple(data.shape[1:]) != self.shape:
             raise ValueError(f"data of spatial shape {tuple(data.shape[1:])} does not fit grid {self.shape}")
-        return Volume(data, self.ijk_to_ras.copy(), dict(self.meta))
+        return Volume(data, self.ijk_to_ras.copy(), dict(self.meta), self.kind if kind is None else kind)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Volume":
-        return Volume(self.data.to(device=device, dtype=dtype), self.ijk_to_ras.copy(), dict(self.meta))
+        """The volume on another device or with another dtype (a float dtype makes it an image)."""
+        data = self.data.to(device=device, dtype=dtype)
+        kind = "image" if data.is_floating_point() else self.kind
+        return Volume(data, self.ijk_to_ras.copy(), dict(self.meta), kind)
 
     def channel(self, index: int) -> "Volume":
         """One channel as a single-channel volume."""
@@ -73,26 +99,19 @@ class Volume:
             raise IndexError(f"channel {index} out of range for a volume with {self.num_channels} channels")
         return self.with_data(self.data[index : index + 1])
 
-    def same_grid(self, other: "Volume", tol: float = 1e-3) -> bool:
-        """True when both volumes have the same spatial shape and geometry (to ``tol`` mm)."""
-        return self.shape == other.shape and bool(np.allclose(self.ijk_to_ras, other.ijk_to_ras, atol=tol))
+    def same_grid(self, other: "Volume", tol: float = geometry.GRID_TOLERANCE_MM) -> bool:
+        """True when both volumes lie on the same grid (:meth:`RegSegLib.geometry.Grid.same_as`)."""
+        return self.grid.same_as(other.grid, tol)
+
+    def require_same_grid(self, other: "Volume", what: str) -> None:
+        """Raises ``ValueError`` naming ``what`` unless this volume lies on ``other``'s grid (a mask on its image's)."""
+        if not self.same_grid(other):
+            raise ValueError(f"the {what} {self.grid!r} does not lie on its image's grid {other.grid!r}")
 
     def world_grid(self, device: torch.device | str | None = None) -> torch.Tensor:
         """RAS coordinates of every voxel centre, ``[K, J, I, 3]`` float32."""
-        return grid_points_ras(self.ijk_to_ras, self.shape, device=device)
+        return self.grid.points_ras(device)
 
     def ras_to_normalized(self) -> np.ndarray:
         """``[4, 4]`` matrix mapping RAS points to this grid's ``grid_sample`` coordinates."""
-        return geometry.ras_to_normalized(self.ijk_to_ras, self.shape)
-
-
-def grid_points_ras(
-    ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int], device: torch.device | str | None = None
-) -> torch.Tensor:
-    """RAS coordinates of the voxel centres of a grid, ``[K, J, I, 3]`` float32."""
-    k, j, i = shape_kji
-    axes = [torch.arange(n, dtype=torch.float64, device=device) for n in (k, j, i)]
-    kk, jj, ii = torch.meshgrid(*axes, indexing="ij")
-    ijk = torch.stack([ii, jj, kk], dim=-1)
-    matrix = torch.as_tensor(ijk_to_ras, dtype=torch.float64, device=device)
-    return (ijk @ matrix[:3, :3].T + matrix[:3, 3]).float()
+        return self.grid.ras_to_normalized()

@@ -287,15 +287,20 @@ def slicer_module_standins() -> Iterator[None]:
 
 
 def import_file(path: Path, name: str | None = None) -> types.ModuleType:
-    """Imports a Python file as a fresh module (not left in ``sys.modules``)."""
+    """Imports a Python file as a fresh module (not left in ``sys.modules``), the module folder on ``sys.path``."""
     name = name or f"regseg_test_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    path_added = str(MODULE_FOLDER) not in sys.path
+    if path_added:
+        sys.path.insert(0, str(MODULE_FOLDER))
     try:
         spec.loader.exec_module(module)
     finally:
         sys.modules.pop(name, None)
+        if path_added:
+            sys.path.remove(str(MODULE_FOLDER))
     return module
 
 

@@ -1,6 +1,6 @@
 """Iterative affine registration: known-transform recovery on real volumes (RegSegLib.registration.affine).
 
-Protocol (RegSegLib.registration.synthetic_checks): moving = a real volume, fixed = moving resampled
+Protocol (RegSegLib.testing.known_transforms): moving = a real volume, fixed = moving resampled
 through a random known fixed-to-moving affine (up to 15 degrees, 15 mm, 10 % scale, 0.05 shear);
 the error is |T_est(x) - T_true(x)| over the fixed image's foreground voxels. Volumes are
 downsampled to keep the suite fast; the bars are the product's (mean <= 0.5 mm, max <= 1.5 mm).
@@ -17,13 +17,9 @@ import torch
 from RegSegLib import geometry
 from RegSegLib.io.volumes import read_volume
 from RegSegLib.registration.affine import register_affine
-from RegSegLib.registration.common import Cancelled, Progress
-from RegSegLib.registration.synthetic_checks import (
-    foreground_points,
-    mapping_error_mm,
-    random_affine,
-    synthetic_affine_pair,
-)
+from RegSegLib.runtime import Cancelled, Progress
+from RegSegLib.evaluation.points import mapping_error_mm
+from RegSegLib.testing.known_transforms import foreground_points, random_affine, synthetic_affine_pair
 from RegSegLib.transforms import AffineTransform, resample
 from RegSegLib.volume import Volume
 

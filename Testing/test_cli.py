@@ -415,14 +415,18 @@ def test_evaluate_cubes_and_landmarks(tmp_path, capsys):
     assert results["landmarks"]["count"] == 20
 
 
-def test_cli_setting_names_agree_with_the_engines():
-    from RegSegLib.registration.affine import register_affine
-    from RegSegLib.registration.deformable import PRESETS
+def test_cli_choices_and_defaults_come_from_the_settings():
+    """The parser offers exactly the settings' vocabulary and its help shows the engines' defaults."""
+    from RegSegLib.registration import settings
 
-    assert set(cli.DEFORMABLE_PRESETS) == set(PRESETS)
-    import inspect
-
-    assert tuple(inspect.signature(register_affine).parameters["levels"].default) == cli.DEFAULT_AFFINE_LEVELS
+    register = next(action for action in cli.build_parser()._actions if action.dest == "command").choices["register"]
+    options = {action.dest: action for action in register._actions}
+    assert tuple(options["method"].choices) == settings.METHODS
+    assert tuple(options["transform"].choices) == settings.FAMILIES
+    assert tuple(options["metric"].choices) == settings.METRICS
+    assert tuple(options["preset"].choices) == tuple(settings.PRESETS)
+    assert options["levels"].metavar == "4,2,1" and options["iterations"].metavar == "60,20,10"
+    assert options["deformable_iterations"].metavar == "12,8"
 
 
 def test_advanced_settings_reach_the_engines(pair, tmp_path):
@@ -439,10 +443,11 @@ def test_advanced_settings_reach_the_engines(pair, tmp_path):
     )  # fmt: skip
     assert code == 0
     settings = json.loads((out / "metrics.json").read_text())["settings"]
-    assert settings == {
-        "affine": {"levels": [2.0, 1.0], "iterations": [40, 10]},
-        "deformable": {"preset": "large-motion", "adam_iterations": 0, "fine_iterations": 0, "regularisation": 2.0},
-    }
+    assert (settings["method"], settings["preset"]) == ("deformable", "large-motion")
+    assert (settings["affine"]["levels"], settings["affine"]["iterations"]) == ([2.0, 1.0], [40, 10])
+    deformable = settings["deformable"]
+    assert (deformable["adam_iterations"], deformable["fine_iterations"], deformable["regularisation"]) == (0, 0, 2.0)
+    assert len(deformable["coarse_levels"]) == 2 and deformable["presmooth_vox"] == 0.7
     np.testing.assert_allclose(read_transform(out / "affine.tfm").matrix[:3, 3], SHIFT, atol=1.0)
 
 

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from RegSegLib import geometry
 from RegSegLib.io.volumes import read_volume
-from RegSegLib.registration.common import Cancelled, Progress
-from RegSegLib.registration.deformable import register_deformable, settings_from
+from RegSegLib.runtime import Cancelled, Progress
+from RegSegLib.registration.deformable import register_deformable
+from RegSegLib.registration.settings import DeformableSettings
 from RegSegLib.transforms import DisplacementField, jacobian_determinant, resample
 from RegSegLib.volume import Volume
 
@@ -159,6 +160,6 @@ def test_working_resolution_and_initial_affine(brain: Volume) -> None:
 
 def test_unknown_settings_are_rejected() -> None:
     with pytest.raises(ValueError, match="unknown deformable setting"):
-        settings_from(learning_rate=1.0)
+        DeformableSettings.from_preset(learning_rate=1.0)
     with pytest.raises(ValueError, match="unknown deformable preset"):
-        settings_from("nope")
+        DeformableSettings.from_preset("nope")

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import GEOMETRY_KINDS, make_ijk_to_ras, rotation_about
-from RegSegLib import affine_families, geometry
+from RegSegLib import geometry
+from RegSegLib.transforms import affine_params
 from RegSegLib.transforms import AffineTransform, resample
 
 SHAPE = (18, 20, 22)
@@ -159,10 +160,10 @@ FAMILY_PARAMETERS = {
 def test_affine_family_parameters_round_trip(family):
     params = torch.tensor([FAMILY_PARAMETERS[family]], dtype=torch.float64)
     centre = [10.0, -20.0, 5.0]
-    matrix = affine_families.parameters_to_matrix(params, family, centre)[0].numpy()
-    recovered = affine_families.matrix_to_parameters(matrix, family, centre)
+    matrix = affine_params.parameters_to_matrix(params, family, centre)[0].numpy()
+    recovered = affine_params.matrix_to_parameters(matrix, family, centre)
     np.testing.assert_allclose(recovered, params[0].numpy(), atol=1e-9)
-    assert len(recovered) == affine_families.num_parameters(family)
+    assert len(recovered) == affine_params.num_parameters(family)
 
 
 def test_affine_composition_order_t_r_s_h_about_centre():
@@ -174,7 +175,7 @@ def test_affine_composition_order_t_r_s_h_about_centre():
     scale = np.diag([1 + sx, 1 + sy, 1 + sz])
     shear = np.array([[1.0, hxy, hxz], [0.0, 1.0, hyz], [0.0, 0.0, 1.0]])
     params = torch.tensor([FAMILY_PARAMETERS["affine"]], dtype=torch.float64)
-    matrix = affine_families.parameters_to_matrix(params, "affine", centre)[0].numpy()
+    matrix = affine_params.parameters_to_matrix(params, "affine", centre)[0].numpy()
     points = np.array([[0.0, 0.0, 0.0], [12.0, -3.0, 7.0], [-40.0, 25.0, 60.0]])
     expected = centre + np.array([tx, ty, tz]) + (points - centre) @ (rotation @ scale @ shear).T
     np.testing.assert_allclose(geometry.transform_points(matrix, points), expected, atol=1e-9)
@@ -184,6 +185,6 @@ def test_affine_composition_order_t_r_s_h_about_centre():
 
 def test_rotation_parameter_is_right_handed_about_s():
     params = torch.tensor([[0.0, 0.0, np.pi / 2, 0.0, 0.0, 0.0]], dtype=torch.float64)
-    matrix = affine_families.parameters_to_matrix(params, "rigid")[0].numpy()
+    matrix = affine_params.parameters_to_matrix(params, "rigid")[0].numpy()
     rotated = geometry.transform_points(matrix, np.array([1.0, 0.0, 0.0]))
     np.testing.assert_allclose(rotated, [0.0, 1.0, 0.0], atol=1e-12)

@@ -13,7 +13,8 @@ import torch
 from conftest import make_ijk_to_ras
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
-from RegSegLib.io.volumes import read_landmarks, read_volume, write_landmarks_json, write_volume
+from RegSegLib.io.landmarks import read_landmarks, write_landmarks_json
+from RegSegLib.io.volumes import read_volume, write_volume
 from RegSegLib.volume import Volume
 
 PROSTATEX_T2 = "prostatex/ProstateX-0000/07-07-2011/4.000000-t2tsetra-00702"

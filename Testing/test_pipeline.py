@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-import RegSegLib.registration.affine as affine_module
-import RegSegLib.registration.deformable as deformable_module
+import RegSegLib.registration.pipeline as pipeline_module
 from RegSegLib.errors import InputError
-from RegSegLib.registration.common import Progress
-from RegSegLib.registration.pipeline import as_label_map, check_image, register, split_initial
+from RegSegLib.runtime import Progress
+from RegSegLib.io.checks import as_label_map, check_image
+from RegSegLib.registration.pipeline import register, split_initial
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField, resample
 from RegSegLib.volume import Volume
 
@@ -39,18 +39,18 @@ def stages(monkeypatch):
     found_affine = _translation([1.0, -2.0, 0.5])
     found_field = DisplacementField(torch.full((3, 16, 16, 16), 0.25), GRID)
 
-    def fake_affine(fixed, moving, **kwargs):
-        calls["affine"] = dict(kwargs, moving=moving)
+    def fake_affine(fixed, moving, settings, **kwargs):
+        calls["affine"] = dict(kwargs, moving=moving, settings=settings)
         kwargs["progress"].update(1.0, "affine done")
         return found_affine
 
-    def fake_deformable(fixed, moving, **kwargs):
-        calls["deformable"] = dict(kwargs, moving=moving)
+    def fake_deformable(fixed, moving, settings, **kwargs):
+        calls["deformable"] = dict(kwargs, moving=moving, settings=settings)
         kwargs["progress"].update(0.5, "half")
         return found_field
 
-    monkeypatch.setattr(affine_module, "register_affine", fake_affine)
-    monkeypatch.setattr(deformable_module, "register_deformable", fake_deformable)
+    monkeypatch.setattr(pipeline_module, "register_affine", fake_affine)
+    monkeypatch.setattr(pipeline_module, "register_deformable", fake_deformable)
     return calls, found_affine, found_field
 
 
@@ -59,7 +59,7 @@ def test_affine_initial_starts_the_affine_stage(stages):
     start = _translation([5.0, 0.0, 0.0])
     result = register(_image(), _image(), initial=start, family="rigid", device="cpu")
     assert calls["affine"]["initial"] is start
-    assert calls["affine"]["family"] == "rigid"
+    assert calls["affine"]["settings"].family == "rigid"
     assert "init" not in calls["affine"]
     assert result.transform is found_affine and result.field is None
     assert set(result.seconds) == {"affine"}
@@ -90,8 +90,8 @@ def test_deformable_composes_affine_then_field_and_splits_progress(stages):
         progress=Progress(lambda fraction, message: reported.append(fraction)),
     )  # fmt: skip
     assert calls["deformable"]["initial"] is found_affine
-    assert calls["deformable"]["similarity"] == "mind"
-    assert calls["affine"]["metric"] == "mi"
+    assert calls["deformable"]["settings"].similarity == "mind"
+    assert calls["affine"]["settings"].metric == "mi"
     assert isinstance(result.transform, CompositeTransform)
     assert result.transform.transforms == [found_affine, found_field]
     assert result.field is found_field and result.affine is found_affine
@@ -122,7 +122,7 @@ def test_memory_check_refuses_a_job_larger_than_free_memory_and_is_skipped_where
     import sys
 
     from RegSegLib.errors import RegSegError
-    from RegSegLib.registration import common
+    from RegSegLib import runtime as common
 
     free = common.available_host_memory()
     assert free is not None and free > 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from RegSegLib.qc import VIEWS, _sample, plane_points, qc_figure
+from RegSegLib.evaluation.qc import VIEWS, _sample, plane_points, qc_figure
 from RegSegLib.volume import Volume
 
 

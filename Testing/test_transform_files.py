@@ -29,7 +29,8 @@ from RegSegLib.errors import InputError
 from RegSegLib.io.transforms import read_transform, write_transform
 from RegSegLib.io.volumes import volume_to_sitk, write_volume
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField, resample
-from RegSegLib.volume import Volume, grid_points_ras
+from RegSegLib.geometry import points_ras as grid_points_ras
+from RegSegLib.volume import Volume
 
 CENTRE = np.array([10.0, -20.0, 30.0])
 ITK_FILES = (".tfm", ".txt", ".h5")

@@ -18,7 +18,8 @@ from RegSegLib.transforms import (
     jacobian_determinant,
     resample,
 )
-from RegSegLib.volume import Volume, grid_points_ras
+from RegSegLib.geometry import points_ras as grid_points_ras
+from RegSegLib.volume import Volume
 
 
 def affine(rotation_axis: str, degrees: float, shift, scale=(1.0, 1.0, 1.0)) -> AffineTransform:

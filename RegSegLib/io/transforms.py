@@ -36,7 +36,7 @@ import torch
 
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
-from RegSegLib.io.volumes import atomic_output, full_suffix
+from RegSegLib.io.files import atomic_output, full_suffix
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField
 
 TRANSFORM_FILE_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")

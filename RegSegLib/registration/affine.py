@@ -2,7 +2,7 @@
 
 The transform is ``T = T_init @ T(p)``: ``T_init`` is the initialisation (identity, grid centres,
 intensity centres of mass or a given transform) and ``T(p)`` a member of one of the four families of
-:mod:`RegSegLib.affine_families`, about the centre of the fixed image. The parameters are scaled so
+:mod:`RegSegLib.transforms.affine_params`, about the centre of the fixed image. The parameters are scaled so
 that one unit moves the image by about one millimetre (rotations, scales and shears are divided by
 the RMS radius of the fixed grid), which lets one Adam learning rate, given in mm, serve all of
 them.
@@ -18,80 +18,28 @@ the overlap of the images.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from RegSegLib import affine_families, geometry
-from RegSegLib.registration import losses
-from RegSegLib.registration.common import Progress, check_memory, resolve_device
-from RegSegLib.registration.spatial import gaussian_smooth
-from RegSegLib.transforms import AffineTransform, resample
+from RegSegLib import geometry
+from RegSegLib.losses import descriptor_distance, make_loss
+from RegSegLib.ops.intensity import robust_scale
+from RegSegLib.ops.mind import mind_ssc
+from RegSegLib.ops.pyramid import build_pyramid
+from RegSegLib.registration.optim import run_adam, run_lbfgs
+from RegSegLib.registration.settings import AffineSettings
+from RegSegLib.runtime import Progress, check_memory, resolve_device
+from RegSegLib.transforms import AffineTransform, affine_params, fields, resample
 from RegSegLib.volume import Volume
 
-METRICS: tuple[str, ...] = ("mse", "ncc", "lncc", "mi", "mind")
-INITIALISATIONS: tuple[str, ...] = ("identity", "centres", "moments")
-MULTI_MODAL_METRICS: tuple[str, ...] = ("mi", "mind")
-"""Metrics for images whose intensities need not correspond (different modalities or contrasts)."""
 MIN_LEVEL_VOXELS: int = 256
 """Fewest fixed voxels (inside the fixed mask) a pyramid level needs to be used."""
 MIND_EXTRA_ROUNDS: int = 2
 """Extra rounds of the finest level for ``mind``, each with descriptors recomputed in the latest frame."""
-
-
-def robust_scale(data: torch.Tensor, low: float = 0.005, high: float = 0.995) -> torch.Tensor:
-    """Maps the ``low``/``high`` intensity quantiles of ``[C, K, J, I]`` data to 0/1 and clamps to [0, 1] (float32)."""
-    data = data.float()
-    flat = data.reshape(-1)
-    sample = flat[:: max(1, flat.numel() // 500_000)]
-    quantiles = torch.quantile(sample, torch.tensor([low, high], device=data.device))
-    lo, hi = float(quantiles[0]), float(quantiles[1])
-    if hi <= lo:
-        hi = lo + 1.0
-    return ((data - lo) / (hi - lo)).clamp(0.0, 1.0)
-
-
-def _smooth_sigmas(native_ijk: np.ndarray, target_ijk: np.ndarray) -> tuple[float, float, float]:
-    """Gaussian sigmas in voxels along (k, j, i) before resampling from ``native`` to ``target`` spacing."""
-    ratio = np.asarray(target_ijk, dtype=np.float64) / np.asarray(native_ijk, dtype=np.float64)
-    sigma = 0.5 * np.sqrt(np.maximum(ratio**2 - 1.0, 0.0))
-    return (float(sigma[2]), float(sigma[1]), float(sigma[0]))
-
-
-def _downsample(volume: Volume, spacing_ijk: np.ndarray, mask: torch.Tensor | None = None) -> Volume:
-    """Smooths and resamples a volume to a grid of the same directions and extent with spacing ``max(own, spacing_ijk)``.
-
-    With a ``[1, K, J, I]`` mask on the volume's grid the smoothing is normalised by the smoothed
-    mask, so intensities outside the mask do not leak into it.
-    """
-    native = volume.spacing
-    target = np.maximum(native, spacing_ijk)
-    if np.allclose(target, native, rtol=1e-3):
-        return volume
-    matrix, shape = geometry.resampled_grid(volume.ijk_to_ras, volume.shape, target)
-    sigmas = _smooth_sigmas(native, target)
-    if mask is None:
-        smoothed = gaussian_smooth(volume.data[None], sigmas)[0]
-    else:
-        weight = gaussian_smooth(mask[None].float(), sigmas)[0]
-        smoothed = gaussian_smooth((volume.data * mask)[None], sigmas)[0] / weight.clamp_min(1e-3)
-    return resample(volume.with_data(smoothed), (matrix, shape))
-
-
-def _pyramid(volume: Volume, spacings: Sequence[np.ndarray], mask: Volume | None = None) -> list[Volume]:
-    """Successively smoothed and downsampled copies of a volume, one per spacing (given fine to coarse).
-
-    A mask (any grid) keeps the intensities outside it from leaking inside through the smoothing.
-    """
-    levels: list[Volume] = []
-    current = volume
-    for spacing_ijk in spacings:
-        inside = None if mask is None else (resample(mask, current).data[:1] > 0.5).float()
-        current = _downsample(current, spacing_ijk, inside)
-        levels.append(current)
-    return levels
+ADAM_FLOOR: float = 0.01
+"""The coarsest round's Adam step decays (cosine) to this fraction of the learning rate."""
 
 
 def _levels_with_enough_voxels(
@@ -109,7 +57,7 @@ def _levels_with_enough_voxels(
     always kept.
     """
     counts = [
-        level.num_voxels if fixed_mask is None else int((resample(fixed_mask, level).data[0] > 0.5).sum())
+        level.num_voxels if fixed_mask is None else int((resample(fixed_mask, level, mode="linear").data[0] > 0.5).sum())
         for level in fixed_levels
     ]
     finest = int(np.argmin(levels))
@@ -186,10 +134,10 @@ class _Level:
         target = fixed.data[None].to(device)
         mask = None
         if fixed_mask is not None:
-            mask = resample(fixed_mask, fixed).data[None, :1].to(device)
+            mask = resample(fixed_mask, fixed, mode="linear").data[None, :1].to(device)
         parts = [moving.data, torch.ones_like(moving.data[:1])]
         if moving_mask is not None:
-            parts.append(resample(moving_mask, moving).data[:1])
+            parts.append(resample(moving_mask, moving, mode="linear").data[:1])
         stack = Volume(torch.cat(parts, dim=0), moving.ijk_to_ras)
         if moving_frame is None:
             to_moving = geometry.ras_to_normalized(moving.ijk_to_ras, moving.shape)
@@ -198,11 +146,11 @@ class _Level:
             to_moving = geometry.ras_to_normalized(fixed.ijk_to_ras, fixed.shape) @ np.linalg.inv(moving_frame)
         moving_data = stack.data[None, : moving.num_channels].to(device)
         if metric == "mind":
-            target, moving_data = losses.mind_ssc(target), losses.mind_ssc(moving_data)
+            target, moving_data = mind_ssc(target), mind_ssc(moving_data)
         self.num_channels = moving_data.shape[1]
         self.moving = torch.cat([moving_data, stack.data[None, moving.num_channels :].to(device)], dim=1)
         self.has_moving_mask = moving_mask is not None
-        from_work = fixed.ijk_to_ras @ np.linalg.inv(geometry.ijk_to_normalized(self.work_shape))
+        from_work = fixed.grid.normalized_to_ras()
         self.left = torch.as_tensor(to_moving, dtype=torch.float64, device=device)
         self.right = torch.as_tensor(from_work, dtype=torch.float64, device=device)
         self.points: torch.Tensor | None = None
@@ -216,10 +164,10 @@ class _Level:
         generator = torch.Generator().manual_seed(0)
         chosen = torch.randperm(candidates.numel(), generator=generator)[:max_samples].to(device)
         index = candidates[chosen].sort().values
-        k, j, i = self.work_shape
-        ijk = torch.stack([index % i, (index // i) % j, index // (i * j)], dim=1).double()
-        normalised = ijk * torch.tensor([2.0 / max(i - 1, 1), 2.0 / max(j - 1, 1), 2.0 / max(k - 1, 1)], dtype=torch.float64, device=device) - 1.0
-        self.points = torch.cat([normalised, torch.ones_like(normalised[:, :1])], dim=1)
+        _, j, i = self.work_shape
+        ijk = torch.stack([index % i, (index // i) % j, index // (i * j), torch.ones_like(index)], dim=1).double()
+        to_normalized = torch.as_tensor(geometry.ijk_to_normalized(self.work_shape), dtype=torch.float64, device=device)
+        self.points = ijk @ to_normalized.T
         self.target = target.reshape(1, target.shape[1], -1)[..., index].reshape(1, target.shape[1], 1, 1, -1)
         self.mask = None if mask is None else mask.reshape(1, 1, -1)[..., index].reshape(1, 1, 1, 1, -1)
 
@@ -232,11 +180,10 @@ class _Level:
         """
         theta = (self.left @ transform @ self.right)[:3]
         if self.points is None:
-            k, j, i = self.work_shape
-            grid = F.affine_grid(theta.float()[None], [1, 1, k, j, i], align_corners=geometry.ALIGN_CORNERS)
+            grid = fields.affine_sampling_grid(theta, self.work_shape)
         else:
             grid = (self.points @ theta.T).float().reshape(1, 1, 1, -1, 3)
-        sampled = F.grid_sample(self.moving, grid, mode="bilinear", padding_mode="zeros", align_corners=geometry.ALIGN_CORNERS)
+        sampled = fields.sample(self.moving, grid, padding_mode="zeros")
         warped = sampled[:, : self.num_channels]
         weights = sampled[:, self.num_channels : self.num_channels + 1].detach().clamp(0.0, 1.0)
         if self.has_moving_mask:
@@ -248,7 +195,7 @@ class _Level:
 
 def _parameter_scales(family: str, radius: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Physical parameter per unit of the optimised parameter: about 1 mm of motion at ``radius``."""
-    scales = torch.ones(affine_families.num_parameters(family), dtype=dtype, device=device)
+    scales = torch.ones(affine_params.num_parameters(family), dtype=dtype, device=device)
     scales[0:3] = 1.0 / radius
     scales[6:] = 1.0 / radius
     return scales
@@ -264,136 +211,74 @@ def _initial_matrix(init: str, fixed: Volume, moving: Volume, fixed_weights: tor
     return _translation(_centre_of_mass(moving, moving_weights) - _centre_of_mass(fixed, fixed_weights))
 
 
-def _run_adam(params: torch.Tensor, evaluate: Callable[[], torch.Tensor], count: int, learning_rate: float) -> None:
-    """Adam with a cosine-decayed step (to 1 % of ``learning_rate``) for ``count`` iterations."""
-    optimiser = torch.optim.Adam([params], lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(count, 1), eta_min=0.01 * learning_rate)
-    for _ in range(count):
-        optimiser.zero_grad(set_to_none=True)
-        evaluate().backward()
-        optimiser.step()
-        schedule.step()
-
-
-def _run_lbfgs(params: torch.Tensor, evaluate: Callable[[], torch.Tensor], count: int, step: float) -> None:
-    """L-BFGS with a strong Wolfe line search, at most ``count`` loss evaluations.
-
-    The loss is rescaled so that the first step is ``step`` long (L1 norm, parameter units of about
-    1 mm), which makes the search independent of the measure's scale (MIND distances are small).
-    """
-    if count <= 1:
-        return
-    params.grad = None
-    evaluate().backward()
-    norm = float(params.grad.abs().sum())
-    params.grad = None
-    if not np.isfinite(norm) or norm == 0.0:
-        return
-    scale = 1.0 / norm
-    optimiser = torch.optim.LBFGS(
-        [params],
-        lr=step,
-        max_iter=count - 1,
-        max_eval=count - 1,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-10,
-        tolerance_change=1e-14,
-    )
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad(set_to_none=True)
-        loss = evaluate() * scale
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
-
-
-def _check_inputs(fixed: Volume, moving: Volume, family: str, metric: str, init: str, levels, iterations) -> None:
-    affine_families.num_parameters(family)
-    if metric not in METRICS:
-        raise ValueError(f"unknown affine similarity metric {metric!r}; choose one of {', '.join(METRICS)}")
-    if init not in INITIALISATIONS:
-        raise ValueError(f"unknown initialisation {init!r}; choose one of {', '.join(INITIALISATIONS)}")
+def _check_inputs(fixed: Volume, moving: Volume, fixed_mask: Volume | None, moving_mask: Volume | None) -> None:
     if fixed.num_channels != moving.num_channels:
         raise ValueError(f"fixed has {fixed.num_channels} channels but moving has {moving.num_channels}")
-    if len(levels) == 0 or len(levels) != len(iterations):
-        raise ValueError(f"levels {tuple(levels)} and iterations {tuple(iterations)} must be non-empty and of equal length")
+    for mask, image, which in ((fixed_mask, fixed, "fixed mask"), (moving_mask, moving, "moving mask")):
+        if mask is not None:
+            mask.require_same_grid(image, which)
+
+
+def _loss(settings: AffineSettings):
+    """The measure compared at each step (MIND: the distance of precomputed descriptors)."""
+    if settings.metric == "mind":
+        return descriptor_distance
+    if settings.metric == "lncc":
+        return make_loss("lncc", window=settings.window)
+    if settings.metric == "mi":
+        return make_loss("mi", num_bins=settings.num_bins, max_samples=None)
+    return make_loss(settings.metric)
 
 
 def register_affine(
     fixed: Volume,
     moving: Volume,
+    settings: AffineSettings | None = None,
     *,
-    family: str = "affine",
-    metric: str = "ncc",
-    init: str | None = None,
     fixed_mask: Volume | None = None,
     moving_mask: Volume | None = None,
     initial: AffineTransform | None = None,
-    levels: Sequence[float] = (4.0, 2.0, 1.0),
-    iterations: Sequence[int] = (60, 20, 10),
-    spacing: float | None = None,
-    learning_rate: float = 0.5,
-    window: int = 7,
-    num_bins: int = 32,
-    max_samples: int = 10_000,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
+    **options: Any,
 ) -> AffineTransform:
     """Affine registration of ``moving`` to ``fixed``.
 
     Args:
         fixed: the reference image ``[C, K, J, I]``; the result maps its points to ``moving``.
         moving: the image to align, ``[C, K, J, I]`` (same channel count).
-        family: ``rigid`` (6), ``similarity`` (7), ``anisotropic`` (9) or ``affine`` (12 parameters).
-        metric: ``ncc`` (mono-modal, default), ``mse``, ``lncc`` (dense, slower), ``mi`` or ``mind``
-            (multi-modal).
-        init: ``identity``, ``centres`` (grid centres) or ``moments`` (intensity centres of mass);
-            ignored when ``initial`` is given. ``None`` chooses ``moments`` for the mono-modal
-            metrics and ``centres`` for ``mi`` and ``mind``: intensity centres of mass only
-            correspond when the intensities mean the same tissue (an ultrasound fan or a DWI
-            background moves them away from the anatomy).
-        fixed_mask: optional mask on any grid (resampled to the fixed grid); zero excludes voxels.
-        moving_mask: optional mask of the moving image, warped with it.
-        initial: a starting fixed-to-moving transform (e.g. a network prediction).
-        levels: pyramid factors, coarse to fine; level ``f`` works at ``f * spacing`` mm.
-        iterations: per level, Adam iterations at the coarsest level and at most this many loss
-            evaluations of L-BFGS (strong Wolfe line search) at the finer ones. For ``mind`` the
-            finest level runs ``1 + MIND_EXTRA_ROUNDS`` times, the moving descriptors recomputed
-            through the latest estimate each time.
-        spacing: base working spacing in mm; by default the fixed image's finest spacing, coarsened
-            so that the finest working grid has at most 2 million voxels.
-        learning_rate: Adam step at the coarsest level, in mm per mm of working spacing
-            (cosine-decayed to 1 %).
-        window: local NCC window in voxels.
-        num_bins: mutual information histogram bins.
-        max_samples: voxels compared per step for the voxel-wise measures (all voxels for ``lncc``).
+        settings: family, metric, pyramid and optimiser settings (:class:`AffineSettings`); the
+            defaults when ``None``.
+        fixed_mask: optional mask on the fixed grid; zero excludes voxels.
+        moving_mask: optional mask on the moving grid, warped with the moving image.
+        initial: a starting fixed-to-moving transform (e.g. a network prediction); it replaces the
+            settings' initialisation.
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: progress reporter; its cancel event stops the job with ``Cancelled``.
+        **options: fields of :class:`AffineSettings` that override ``settings`` (``family="rigid"``, ...).
 
     Returns:
         The fixed-to-moving :class:`AffineTransform` (``warped(x) = moving(T(x))``).
 
     Raises:
-        ValueError: unknown family, metric or initialisation, or mismatched inputs.
+        SettingsError: a bad setting (before any work).
+        ValueError: mismatched inputs or a mask on another grid.
         Cancelled: the progress reporter's cancel event was set.
     """
-    if init is None:
-        init = "centres" if metric in MULTI_MODAL_METRICS else "moments"
-    _check_inputs(fixed, moving, family, metric, init, levels, iterations)
+    settings = (settings or AffineSettings()).overridden(**options)
+    _check_inputs(fixed, moving, fixed_mask, moving_mask)
+    metric, levels, iterations = settings.metric, settings.levels, settings.iterations
     progress = progress or Progress()
     torch_device = resolve_device(device)
     progress.update(0.0, "affine: preparing")
-    base = _auto_spacing(fixed) if spacing is None else float(spacing)
+    base = _auto_spacing(fixed) if settings.spacing is None else float(settings.spacing)
     fixed_n = fixed.with_data(robust_scale(fixed.data))
     moving_n = moving.with_data(robust_scale(moving.data))
-    fixed_mask_f = None if fixed_mask is None else fixed_mask.with_data((fixed_mask.data[:1] != 0).float())
-    moving_mask_f = None if moving_mask is None else moving_mask.with_data((moving_mask.data[:1] != 0).float())
+    fixed_mask_f = None if fixed_mask is None else fixed_mask.with_data((fixed_mask.data[:1] != 0).float(), kind="image")
+    moving_mask_f = None if moving_mask is None else moving_mask.with_data((moving_mask.data[:1] != 0).float(), kind="image")
     order = np.argsort(levels)
-    fixed_levels = _pyramid(fixed_n, [np.full(3, base * levels[i]) for i in order], fixed_mask_f)
-    moving_levels = _pyramid(
+    fixed_levels = build_pyramid(fixed_n, [np.full(3, base * levels[i]) for i in order], fixed_mask_f)
+    moving_levels = build_pyramid(
         moving_n, [np.full(3, float(fixed_levels[n].spacing.min())) for n in range(len(order))], moving_mask_f
     )
     fixed_levels = [fixed_levels[n] for n in np.argsort(order)]
@@ -403,7 +288,7 @@ def register_affine(
     )
     finest = int(np.argmin(levels))
     image_voxels = fixed_levels[finest].num_voxels + moving_levels[finest].num_voxels
-    compared = fixed_levels[finest].num_voxels if metric == "lncc" else max_samples
+    compared = fixed_levels[finest].num_voxels if metric == "lncc" else settings.max_samples
     required = 4 * image_voxels * (26 if metric == "mind" else 4) + 4 * compared * (40 if metric in ("lncc", "mi") else 16)
     check_memory(required, torch_device, "affine registration")
 
@@ -418,13 +303,12 @@ def register_affine(
         if fixed_mask_f is not None and moving_mask_f is not None:
             fixed_weights = fixed_weights * resample(fixed_mask_f, coarse_fixed).data[0]
             moving_weights = moving_weights * resample(moving_mask_f, coarse_moving).data[0]
-        start = _initial_matrix(init, coarse_fixed, coarse_moving, fixed_weights, moving_weights)
+        start = _initial_matrix(settings.resolved_init, coarse_fixed, coarse_moving, fixed_weights, moving_weights)
 
-    centre = geometry.grid_centre_ras(fixed.ijk_to_ras, fixed.shape)
-    extent = fixed.spacing * np.array(fixed.shape[::-1], dtype=np.float64)
-    radius = float(np.sqrt(np.sum(extent**2) / 12.0))
+    centre = fixed.grid.centre_ras
+    radius = float(np.sqrt(np.sum(fixed.grid.extent_mm**2) / 12.0))
     dtype = torch.float64
-    scales = _parameter_scales(family, radius, dtype, torch_device)
+    scales = _parameter_scales(settings.family, radius, dtype, torch_device)
     start_t = torch.as_tensor(start, dtype=dtype, device=torch_device)
     centre_t = torch.as_tensor(centre, dtype=dtype, device=torch_device)
     params = torch.zeros(1, scales.numel(), dtype=dtype, device=torch_device, requires_grad=True)
@@ -435,16 +319,9 @@ def register_affine(
     active[6:] = 0.0
 
     def current_matrix() -> torch.Tensor:
-        return start_t @ affine_families.parameters_to_matrix(params * scales * active, family, centre_t)[0]
+        return start_t @ affine_params.parameters_to_matrix(params * scales * active, settings.family, centre_t)[0]
 
-    if metric == "mind":
-        loss_fn = losses.MSELoss()
-    elif metric == "lncc":
-        loss_fn = losses.LocalNCCLoss(window)
-    elif metric == "mi":
-        loss_fn = losses.MutualInformationLoss(num_bins, max_samples=None)
-    else:
-        loss_fn = losses.make_loss(metric)
+    loss_fn = _loss(settings)
     schedule = list(enumerate(iterations))
     if metric == "mind":
         schedule += [schedule[-1]] * MIND_EXTRA_ROUNDS
@@ -458,7 +335,7 @@ def register_affine(
                 fixed_mask_f,
                 moving_mask_f,
                 metric,
-                max_samples,
+                settings.max_samples,
                 torch_device,
                 frame,
             )
@@ -477,10 +354,10 @@ def register_affine(
             return loss
 
         if round_index == 0:
-            _run_adam(params, evaluate, count, learning_rate * level.spacing)
+            run_adam(params, evaluate, count, settings.learning_rate * level.spacing, floor=ADAM_FLOOR)
             active.fill_(1.0)
         else:
-            _run_lbfgs(params, evaluate, count, 0.5 * level.spacing)
+            run_lbfgs(params, evaluate, count, 0.5 * level.spacing)
     progress.update(1.0, "affine: done")
     with torch.no_grad():
         return AffineTransform(current_matrix().cpu().numpy())

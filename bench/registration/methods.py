@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -126,14 +127,15 @@ def regseg_job(
 ) -> dict:
     """RegSeg: ``pipeline.register`` (or, when ``options`` tunes a stage, the same two stages called directly).
 
-    ``options`` may hold ``device`` (default ``cpu``), ``affine`` (keywords of ``register_affine``) and
-    ``deformable`` (keywords of ``register_deformable``, e.g. ``preset``, ``adam_iterations``).
+    ``options`` may hold ``device`` (default ``cpu``), ``affine`` (fields of ``AffineSettings``) and
+    ``deformable`` (``preset`` and fields of ``DeformableSettings``, e.g. ``adam_iterations``).
     """
     import torch
 
     from RegSegLib.io.volumes import read_volume, write_volume
-    from RegSegLib.registration.pipeline import DEFORMABLE_SIMILARITY, register
-    from RegSegLib.transforms import CompositeTransform, field_from_transform, resample
+    from RegSegLib.registration.pipeline import register
+    from RegSegLib.registration.settings import RegistrationSettings
+    from RegSegLib.transforms import field_from_transform, resample
 
     options = dict(options or {})
     device = options.pop("device", "cpu")
@@ -147,24 +149,13 @@ def regseg_job(
         torch.cuda.reset_peak_memory_stats()
     fixed_volume = read_volume(fixed).to(dtype=torch.float32)
     moving_volume = read_volume(moving).to(dtype=torch.float32)
-    if not affine_options and not deformable_options:
-        result = register(fixed_volume, moving_volume, method=transform, family=family, metric=metric, device=device)
-        mapping = result.transform
-    else:
-        from RegSegLib.registration.affine import register_affine
-        from RegSegLib.registration.deformable import register_deformable
-
-        affine = register_affine(
-            fixed_volume, moving_volume, family=family, device=device,
-            **({"metric": metric} if metric else {}), **affine_options,
-        )
-        mapping = affine
-        if transform == "deformable":
-            similarity = {} if metric is None else {"similarity": DEFORMABLE_SIMILARITY.get(metric, metric)}
-            field = register_deformable(
-                fixed_volume, moving_volume, initial=affine, device=device, **similarity, **deformable_options
-            )
-            mapping = CompositeTransform([affine, field])
+    settings = RegistrationSettings.create(transform, family, metric, preset=deformable_options.pop("preset", "default"))
+    settings = replace(
+        settings,
+        affine=settings.affine.overridden(**affine_options),
+        deformable=None if settings.deformable is None else settings.deformable.overridden(**deformable_options),
+    )
+    mapping = register(fixed_volume, moving_volume, settings, device=device).transform
     fixed_cpu = fixed_volume.to("cpu")
     write_volume(resample(moving_volume, fixed_cpu, mapping, mode="linear"), out / OUTPUT_WARPED)
     for path, mode in warp:

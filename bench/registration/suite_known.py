@@ -24,7 +24,7 @@ from bench.registration.harness import (
     write_nifti,
 )
 from RegSegLib.io.volumes import read_volume
-from RegSegLib.registration.synthetic_checks import foreground_points, synthetic_affine_pair
+from RegSegLib.testing.known_transforms import foreground_points, synthetic_affine_pair
 from RegSegLib.transforms import DisplacementField, integrate_velocity, resample
 from RegSegLib.volume import Volume
 
@@ -133,7 +133,7 @@ def run(ctx: Context) -> tuple[str, dict]:
         "## Suite 4: known-transform recovery",
         "",
         "Random affines per family (rotations up to 15 degrees about each axis, translations up to 15 mm, scale "
-        "deviations up to 10 %, shears up to 0.05 for `affine`; RegSegLib `synthetic_checks.random_affine`, about "
+        "deviations up to 10 %, shears up to 0.05 for `affine`; RegSegLib `testing.known_transforms.random_affine`, about "
         "the image centre) and random smooth diffeomorphic deformations (stationary velocity with components of "
         f"{SMOOTH_STD_MM:g} mm std on a {SMOOTH_CONTROL_MM:g} mm control grid, scaling and squaring). Error over up "
         f"to {MAX_POINTS} foreground voxels of the fixed image (values above 10 % of the 1-99 % intensity range). "

@@ -14,7 +14,8 @@ from bench.registration.harness import (
     resample_to_spacing,
     write_nifti,
 )
-from RegSegLib.io.volumes import read_landmarks, read_volume
+from RegSegLib.io.landmarks import read_landmarks
+from RegSegLib.io.volumes import read_volume
 
 DATA = SHARED_DATA / "lung-vessels"
 SPACING_MM = 2.0

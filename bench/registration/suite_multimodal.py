@@ -17,7 +17,7 @@ from bench.registration import methods
 from bench.registration.harness import METHOD_TITLES, Context, log, point_errors, summarize, write_nifti
 from RegSegLib import geometry
 from RegSegLib.io.volumes import read_volume
-from RegSegLib.registration.synthetic_checks import foreground_points, random_affine
+from RegSegLib.testing.known_transforms import foreground_points, random_affine
 from RegSegLib.volume import Volume
 
 PROSTATEX = SHARED_DATA / "prostatex"

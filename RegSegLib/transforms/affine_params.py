@@ -29,13 +29,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-FAMILIES: dict[str, int] = {"rigid": 6, "similarity": 7, "anisotropic": 9, "affine": 12}
+from RegSegLib.vocabulary import FAMILIES, check_choice
 
 
 def num_parameters(family: str) -> int:
     """Number of parameters of a family name."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown transform family {family!r}; choose one of {', '.join(FAMILIES)}")
+    check_choice(family, FAMILIES, "transform family")
     return FAMILIES[family]
 
 

@@ -1,79 +1,20 @@
-"""Differentiable spatial operations in ``grid_sample`` coordinates (``align_corners=True``).
+"""Separable filters on ``[B, C, K, J, I]`` tensors: box means, Gaussian smoothing, cell pooling.
 
-Displacements here are in normalised coordinates of one grid, channel-last ``[B, K, J, I, 3]`` with
-the last axis ``(x, y, z) = (i, j, k)``, the layout ``grid_sample`` takes. Conversion to and from RAS
-millimetre fields (``[B, 3, K, J, I]``) uses the grid's IJK-to-RAS matrix.
+Every box filter here averages over the voxels of the window that lie inside the grid (the window
+shrinks at the borders), so a constant image stays constant up to its edges.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from RegSegLib import geometry
 
-
-def identity_grid(shape_kji: tuple[int, int, int], device: torch.device | str | None = None) -> torch.Tensor:
-    """Normalised coordinates of every voxel, ``[1, K, J, I, 3]``."""
-    theta = torch.eye(3, 4, device=device)[None]
-    k, j, i = shape_kji
-    return F.affine_grid(theta, [1, 1, k, j, i], align_corners=geometry.ALIGN_CORNERS)
-
-
-def warp(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:
-    """Samples ``[B, C, K, J, I]`` at normalised coordinates ``[B, K', J', I', 3]``."""
-    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=geometry.ALIGN_CORNERS)
-
-
-def _normalized_per_mm(ijk_to_ras: np.ndarray, shape_kji: tuple[int, int, int]) -> np.ndarray:
-    """``[3, 3]`` linear map from RAS mm vectors to normalised-coordinate vectors of a grid."""
-    return geometry.ras_to_normalized(ijk_to_ras, shape_kji)[:3, :3]
-
-
-def field_mm_to_normalized(field: torch.Tensor, ijk_to_ras: np.ndarray) -> torch.Tensor:
-    """RAS mm field ``[B, 3, K, J, I]`` -> normalised displacement ``[B, K, J, I, 3]``."""
-    linear = torch.as_tensor(_normalized_per_mm(ijk_to_ras, field.shape[2:]), dtype=field.dtype, device=field.device)
-    return torch.einsum("bckji,dc->bkjid", field, linear)
-
-
-def field_normalized_to_mm(disp: torch.Tensor, ijk_to_ras: np.ndarray) -> torch.Tensor:
-    """Normalised displacement ``[B, K, J, I, 3]`` -> RAS mm field ``[B, 3, K, J, I]``."""
-    linear = np.linalg.inv(_normalized_per_mm(ijk_to_ras, disp.shape[1:4]))
-    linear_t = torch.as_tensor(linear, dtype=disp.dtype, device=disp.device)
-    return torch.einsum("bkjid,cd->bckji", disp, linear_t)
-
-
-def compose_displacements(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """Displacement of ``(id + outer) o (id + inner)``: ``inner + outer(x + inner(x))``, ``[B, K, J, I, 3]``."""
-    grid = identity_grid(inner.shape[1:4], inner.device) + inner
-    outer_at = warp(outer.permute(0, 4, 1, 2, 3), grid, padding_mode="border").permute(0, 2, 3, 4, 1)
-    return inner + outer_at
-
-
-def integrate_velocity_normalized(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
-    """Scaling and squaring of a normalised stationary velocity field ``[B, K, J, I, 3]``."""
-    disp = velocity / (2**steps)
-    for _ in range(steps):
-        disp = compose_displacements(disp, disp)
-    return disp
-
-
-def resize_displacement(disp: torch.Tensor, shape_kji: tuple[int, int, int]) -> torch.Tensor:
-    """Trilinear resize of a normalised displacement ``[B, K, J, I, 3]`` to another grid of the same extent.
-
-    With ``align_corners=True`` normalised coordinates describe the same points on both grids, so the
-    vectors need no rescaling.
-    """
-    if tuple(disp.shape[1:4]) == tuple(shape_kji):
-        return disp
-    out = F.interpolate(disp.permute(0, 4, 1, 2, 3), size=shape_kji, mode="trilinear", align_corners=geometry.ALIGN_CORNERS)
-    return out.permute(0, 2, 3, 4, 1)
-
-
-def _box_sum(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
+def box_sum(x: torch.Tensor, window: int, dim: int) -> torch.Tensor:
     """Sum over a centred ``window`` along ``dim`` with zeros outside the tensor.
 
     Windows up to 9 add shifted views in place; wider ones difference prefix sums (a cost
@@ -118,14 +59,14 @@ class _BoxMean(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, window: int) -> torch.Tensor:
         ctx.window = window
         for dim in (2, 3, 4):
-            x = _box_sum(x, window, dim)
+            x = box_sum(x, window, dim)
         return x.mul_(_inverse_counts(tuple(x.shape[2:]), window, x.dtype, x.device))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         grad = grad * _inverse_counts(tuple(grad.shape[2:]), ctx.window, grad.dtype, grad.device)
         for dim in (2, 3, 4):
-            grad = _box_sum(grad, ctx.window, dim)
+            grad = box_sum(grad, ctx.window, dim)
         return grad, None
 
 
@@ -143,8 +84,8 @@ def smooth_average(x: torch.Tensor, kernel: int = 3, repeats: int = 1) -> torch.
     return x
 
 
-def gaussian_smooth(x: torch.Tensor, sigma_vox: float | tuple[float, float, float]) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``[B, C, K, J, I]`` (sigma in voxels per (k, j, i) axis)."""
+def gaussian_smooth(x: torch.Tensor, sigma_vox: float | Sequence[float]) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``[B, C, K, J, I]`` (sigma in voxels per (k, j, i) axis), edges replicated."""
     sigmas = (sigma_vox,) * 3 if isinstance(sigma_vox, (int, float)) else tuple(sigma_vox)
     channels = x.shape[1]
     for dim, sigma in zip((2, 3, 4), sigmas):
@@ -163,3 +104,24 @@ def gaussian_smooth(x: torch.Tensor, sigma_vox: float | tuple[float, float, floa
         pads[2 * (4 - dim) + 1] = radius
         x = F.conv3d(F.pad(x, pads, mode="replicate"), kernel, groups=channels)
     return x
+
+
+def antialias_sigmas(ratio: float | Sequence[float]) -> np.ndarray:
+    """Gaussian sigmas (in source voxels) before sampling with ``ratio`` = new spacing / old spacing.
+
+    ``sigma = 0.5 sqrt(ratio^2 - 1)`` (0 where the grid does not get coarser): the Gaussian that,
+    convolved with the source's own half-voxel blur, gives the target's.
+
+    Args:
+        ratio: one value, or one per axis.
+
+    Returns:
+        Sigmas, one per value of ``ratio`` (same axis order).
+    """
+    ratio = np.asarray(ratio, dtype=np.float64)
+    return 0.5 * np.sqrt(np.clip(ratio**2 - 1.0, 0.0, None))
+
+
+def pool_cells(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average of ``[B, C, K, J, I]`` over non-overlapping ``factor``-cubed cells (identity for 1)."""
+    return x if factor == 1 else F.avg_pool3d(x, factor, stride=factor)

@@ -1,4 +1,4 @@
-"""What every registration method shares: device choice, progress and cancellation, memory estimates."""
+"""What every long job shares: progress and cancellation, device choice, memory estimates."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RegSegError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+            raise RegSegError("the device cuda was asked for but no CUDA GPU is available; choose cpu or auto")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")

@@ -1,23 +1,21 @@
-"""Evaluation of a registration: label overlap, surface distance, landmark error, Jacobian statistics.
+"""Label overlap and surface distance of label maps on one grid.
 
 Label maps are ``[K, J, I]`` integer tensors on one grid (a leading channel axis of size 1 is accepted).
-Points are RAS millimetres; a transform maps fixed points to moving points (see :mod:`RegSegLib.transforms`).
 A metric that is undefined (a label absent from both maps for Dice, absent from either map for HD95) is
-``nan``; :func:`json_ready` turns ``nan`` into ``None`` for JSON files.
+``nan``; :func:`RegSegLib.evaluation.report.json_ready` turns ``nan`` into ``None`` for JSON files.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from RegSegLib.transforms import DisplacementField, Transform, jacobian_determinant
 
 
-def _as_label_array(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
+def as_label_array(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
     tensor = torch.as_tensor(labels)
     if tensor.ndim == 4 and tensor.shape[0] == 1:
         tensor = tensor[0]
@@ -27,8 +25,8 @@ def _as_label_array(labels: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def _check_pair(fixed_labels: torch.Tensor, warped_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    fixed = _as_label_array(fixed_labels)
-    warped = _as_label_array(warped_labels).to(fixed.device)
+    fixed = as_label_array(fixed_labels)
+    warped = as_label_array(warped_labels).to(fixed.device)
     if fixed.shape != warped.shape:
         raise ValueError(f"label maps differ in shape: {tuple(fixed.shape)} and {tuple(warped.shape)}")
     return fixed, warped
@@ -128,75 +126,3 @@ def mean_ignoring_nan(values: dict[int, float]) -> float:
     """Mean of the finite values of a per-label dict; ``nan`` when there is none."""
     finite = [v for v in values.values() if math.isfinite(v)]
     return float(np.mean(finite)) if finite else math.nan
-
-
-def landmark_errors(
-    fixed_points_ras: np.ndarray | torch.Tensor,
-    moving_points_ras: np.ndarray | torch.Tensor,
-    transform: Transform | None,
-) -> dict[str, float]:
-    """Target registration error of corresponding landmarks, ``|T(fixed_point) - moving_point|`` in mm.
-
-    Args:
-        fixed_points_ras: ``[N, 3]`` RAS points in the fixed image.
-        moving_points_ras: ``[N, 3]`` corresponding RAS points in the moving image.
-        transform: fixed-to-moving transform; ``None`` is identity (the error before registration).
-
-    Returns:
-        ``{"mean", "median", "p90", "max", "count"}`` (distances in mm).
-    """
-    fixed = torch.as_tensor(np.asarray(fixed_points_ras, dtype=np.float64)).reshape(-1, 3)
-    moving = torch.as_tensor(np.asarray(moving_points_ras, dtype=np.float64)).reshape(-1, 3)
-    if fixed.shape != moving.shape or fixed.shape[0] == 0:
-        raise ValueError(f"need the same nonzero number of fixed and moving points, got {len(fixed)} and {len(moving)}")
-    mapped = fixed if transform is None else transform.transform_points(fixed).double()
-    errors = torch.linalg.norm(mapped - moving, dim=-1).numpy()
-    return {
-        "mean": float(errors.mean()),
-        "median": float(np.median(errors)),
-        "p90": float(np.percentile(errors, 90)),
-        "max": float(errors.max()),
-        "count": int(errors.size),
-    }
-
-
-def jacobian_statistics(field: DisplacementField, mask: torch.Tensor | None = None) -> dict[str, float]:
-    """Regularity of a displacement field from the determinant of the Jacobian of ``x -> x + u(x)``.
-
-    Args:
-        field: displacement field ``[3, K, J, I]`` (RAS mm on its grid).
-        mask: optional ``[K, J, I]`` (or ``[1, K, J, I]``) mask on the field's grid; nonzero voxels are used.
-
-    Returns:
-        ``{"folding_fraction"``: share of voxels with determinant ``<= 0``, ``"min"``, ``"max"``,
-        ``"log_std"``: standard deviation of ``log(max(det, 1e-9))`` (the Learn2Reg SDlogJ)``}``.
-    """
-    det = jacobian_determinant(field).double()
-    if mask is not None:
-        selected = _as_label_array(mask).to(det.device) != 0
-        if selected.shape != det.shape:
-            raise ValueError(f"mask shape {tuple(selected.shape)} does not fit the field grid {tuple(det.shape)}")
-        det = det[selected]
-    det = det.reshape(-1)
-    if det.numel() == 0:
-        raise ValueError("the mask selects no voxel")
-    log_det = torch.log(det.clamp_min(1e-9))
-    return {
-        "folding_fraction": float((det <= 0).double().mean()),
-        "min": float(det.min()),
-        "max": float(det.max()),
-        "log_std": float(log_det.std(unbiased=False)),
-    }
-
-
-def json_ready(value: Any) -> Any:
-    """A copy of nested dicts/lists of numbers with ``nan``/``inf`` as ``None`` and keys as strings."""
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from RegSegLib import geometry
+from RegSegLib.io.files import atomic_output
+from RegSegLib.ops.intensity import robust_range
 from RegSegLib.transforms import sample_at_points
 from RegSegLib.volume import Volume
 
@@ -62,16 +64,6 @@ def _sample(volume: Volume, points: np.ndarray) -> np.ndarray:
     return values[..., 0].cpu().numpy()
 
 
-def _window(*volumes: Volume) -> tuple[float, float]:
-    values = torch.cat([v.data[0].float().reshape(-1) for v in volumes])
-    if values.numel() > 2_000_000:
-        values = values[:: values.numel() // 1_000_000]
-    low, high = torch.quantile(values, torch.tensor([0.01, 0.99])).tolist()
-    if high <= low:
-        low, high = float(values.min()), float(values.max())
-    return low, max(high, low + 1e-6)
-
-
 def _normalise(image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip((image - window[0]) / (window[1] - window[0]), 0.0, 1.0)
 
@@ -90,10 +82,8 @@ def qc_figure(fixed: Volume, moving_resampled_before: Volume, warped: Volume, pa
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from RegSegLib.io.volumes import atomic_output
-
-    fixed_window = _window(fixed)
-    moving_window = _window(moving_resampled_before, warped)
+    fixed_window = robust_range(fixed.data[0], 0.01, 0.99)
+    moving_window = robust_range([moving_resampled_before.data[0], warped.data[0]], 0.01, 0.99)
     figure = Figure(figsize=(12, 8.4), facecolor="black")
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 3)

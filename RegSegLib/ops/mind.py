@@ -19,7 +19,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from RegSegLib.registration.spatial import smooth_average
+from RegSegLib.ops.filters import smooth_average
 
 _NEIGHBOURS: tuple[tuple[int, int, int], ...] = (
     (1, 0, 0),

@@ -1,9 +1,10 @@
-"""Known-transform recovery: random affine mappings, synthetic pairs and the error of a recovered mapping.
+"""Known-transform recovery for tests and benchmarks: random affine mappings and synthetic pairs.
 
 Protocol (BENCHMARKS.md suite 4): ``moving`` is a real volume; ``fixed`` is ``moving`` resampled on
 its own grid through a random fixed-to-moving affine ``T_true`` about the image centre; a method
 registers ``fixed`` to ``moving`` and its result ``T_est`` is compared with ``T_true`` at the
-foreground voxels of ``fixed``: ``error(x) = |T_est(x) - T_true(x)|`` in mm.
+foreground voxels of ``fixed``: ``error(x) = |T_est(x) - T_true(x)|`` in mm
+(:func:`RegSegLib.evaluation.points.mapping_error_mm`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from RegSegLib import affine_families, geometry
-from RegSegLib.transforms import AffineTransform, resample
+from RegSegLib import geometry
+from RegSegLib.ops.intensity import robust_range
+from RegSegLib.transforms import AffineTransform, affine_params, resample
 from RegSegLib.volume import Volume
 
 
@@ -32,7 +34,7 @@ def random_affine(
     Each rotation angle is in ``[-max_rot_deg, max_rot_deg]``, each translation in
     ``[-max_shift_mm, max_shift_mm]``, each scale deviation in ``[-max_scale, max_scale]`` (one shared
     value for ``similarity``) and each shear in ``[-max_shear, max_shear]`` (``affine`` only). The
-    layout and composition order are those of :mod:`RegSegLib.affine_families`.
+    layout and composition order are those of :mod:`RegSegLib.transforms.affine_params`.
 
     Args:
         family: ``rigid``, ``similarity``, ``anisotropic`` or ``affine``.
@@ -42,7 +44,7 @@ def random_affine(
     Returns:
         ``[4, 4]`` float64 RAS matrix.
     """
-    count = affine_families.num_parameters(family)
+    count = affine_params.num_parameters(family)
     params = np.zeros(count)
     params[0:3] = np.deg2rad(rng.uniform(-max_rot_deg, max_rot_deg, 3))
     params[3:6] = rng.uniform(-max_shift_mm, max_shift_mm, 3)
@@ -50,33 +52,10 @@ def random_affine(
         params[6:9 if count >= 9 else 7] = rng.uniform(-max_scale, max_scale, 3 if count >= 9 else 1)
     if count == 12:
         params[9:12] = rng.uniform(-max_shear, max_shear, 3)
-    matrix = affine_families.parameters_to_matrix(
+    matrix = affine_params.parameters_to_matrix(
         torch.as_tensor(params[None], dtype=torch.float64), family, torch.as_tensor(np.asarray(centre, dtype=np.float64))
     )
     return matrix[0].numpy()
-
-
-def _as_matrix(transform: AffineTransform | np.ndarray) -> np.ndarray:
-    return transform.matrix if isinstance(transform, AffineTransform) else np.asarray(transform, dtype=np.float64)
-
-
-def mapping_error_mm(
-    T_est: AffineTransform | np.ndarray, T_true: AffineTransform | np.ndarray, points_ras: np.ndarray
-) -> dict[str, float]:
-    """Distance between two affine mappings at given points.
-
-    Args:
-        T_est: recovered ``[4, 4]`` matrix (or transform).
-        T_true: true ``[4, 4]`` matrix (or transform).
-        points_ras: ``[N, 3]`` RAS points (e.g. the fixed image's foreground voxel centres).
-
-    Returns:
-        ``{"mean", "p95", "max"}`` of ``|T_est(x) - T_true(x)|`` in mm.
-    """
-    points = np.asarray(points_ras, dtype=np.float64).reshape(-1, 3)
-    difference = geometry.transform_points(_as_matrix(T_est), points) - geometry.transform_points(_as_matrix(T_true), points)
-    distance = np.linalg.norm(difference, axis=1)
-    return {"mean": float(distance.mean()), "p95": float(np.percentile(distance, 95)), "max": float(distance.max())}
 
 
 def foreground_points(volume: Volume, fraction: float = 0.1, max_points: int | None = 200_000) -> np.ndarray:
@@ -87,9 +66,7 @@ def foreground_points(volume: Volume, fraction: float = 0.1, max_points: int | N
     ``max_points`` voxels qualify a regular subset is returned.
     """
     data = volume.data[0].float()
-    flat = data.reshape(-1)
-    sample = flat[:: max(1, flat.numel() // 1_000_000)]
-    low, high = (float(v) for v in torch.quantile(sample, torch.tensor([0.01, 0.99])))
+    low, high = robust_range(data, 0.01, 0.99)
     k, j, i = torch.nonzero(data > low + fraction * (high - low), as_tuple=True)
     ijk = torch.stack([i, j, k], dim=1).double().numpy()
     if max_points is not None and len(ijk) > max_points:

@@ -1,0 +1,234 @@
+"""``regseg register FIXED MOVING -o OUTDIR``: registers MOVING to FIXED and writes a result folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from RegSegLib import __version__
+from RegSegLib.cli import arguments
+from RegSegLib.cli.runtime import StagingFolder
+from RegSegLib.registration.settings import (
+    FAMILIES,
+    METHODS,
+    METRICS,
+    PRESETS,
+    AffineSettings,
+    DeformableSettings,
+    RegistrationSettings,
+    SettingsError,
+)
+from RegSegLib.vocabulary import DEVICES
+
+COMMAND = "register"
+ORDER = 10
+HELP = "register MOVING to FIXED and write a result folder"
+DESCRIPTION = (
+    "Registers MOVING to FIXED. Writes warped.nii.gz, transform.h5 (the whole fixed-to-moving mapping, ITK "
+    "composite), affine.tfm, displacement.nii.gz (deformable), warped_labels.nii.gz (with labels), "
+    "metrics.json and qc.png into OUTDIR."
+)
+OUTPUTS = (
+    "warped.nii.gz",
+    "transform.h5",
+    "affine.tfm",
+    "displacement.nii.gz",
+    "warped_labels.nii.gz",
+    "metrics.json",
+    "qc.png",
+)
+"""Every file ``regseg register`` may write into its output folder."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``regseg register``; choices and defaults come from the registration settings."""
+    affine, deformable = AffineSettings(), DeformableSettings()
+    parser.add_argument("fixed", metavar="FIXED", help="fixed image (NIfTI, NRRD, MHA or DICOM folder)")
+    parser.add_argument("moving", metavar="MOVING", help="moving image")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (created; files replaced)")
+    parser.add_argument("--method", choices=METHODS, default=METHODS[0])
+    parser.add_argument("--transform", choices=FAMILIES, default=affine.family, help="family of the affine stage")
+    parser.add_argument(
+        "--metric", choices=METRICS, default=None,
+        help=f"similarity measure (default: each stage's own, {affine.metric} affine and {deformable.similarity} deformable)",
+    )
+    parser.add_argument("--fixed-mask", metavar="F", help="mask on the fixed grid (nonzero = inside)")
+    parser.add_argument("--moving-mask", metavar="F", help="mask on the moving grid")
+    parser.add_argument("--init", metavar="TRANSFORM", help="initial fixed-to-moving transform (.tfm, .h5, field image)")
+    parser.add_argument("--fixed-labels", metavar="F", help="fixed label map (for Dice)")
+    parser.add_argument("--moving-labels", metavar="F", help="moving label map (warped and scored)")
+    parser.add_argument("--labels", type=arguments.labels, metavar="2,3,...", help="labels to score (default: all nonzero)")
+    parser.add_argument("--fixed-channel", type=arguments.channel, metavar="N", help="channel of a 4D fixed image")
+    parser.add_argument("--moving-channel", type=arguments.channel, metavar="N", help="channel of a 4D moving image")
+    parser.add_argument("--diffeomorphic", action="store_true", help="deformable stage as a stationary velocity field")
+    advanced = parser.add_argument_group("advanced settings (defaults: the engine's published settings)")
+    levels = ",".join(f"{v:g}" for v in affine.levels)
+    advanced.add_argument(
+        "--levels", type=arguments.number_list(float, "pyramid factors"), metavar=levels,
+        help=f"affine pyramid factors, coarse to fine (level f works at f times the base spacing; default {levels})",
+    )
+    iterations = ",".join(str(v) for v in affine.iterations)
+    advanced.add_argument(
+        "--iterations", type=arguments.number_list(int, "iteration counts"), metavar=iterations,
+        help=f"affine iterations per pyramid level (one per level; default {iterations})",
+    )
+    advanced.add_argument(
+        "--deformable-iterations", type=arguments.number_list(int, "iteration counts"),
+        metavar=f"{deformable.adam_iterations},{deformable.fine_iterations}",
+        help="deformable Adam iterations: on the control grid, then (optional) on the full working grid; 0 skips",
+    )
+    advanced.add_argument(
+        "--regularisation", type=arguments.number(float, "number"), metavar="W",
+        help=f"deformable smoothness weight (default {deformable.regularisation:g})",
+    )
+    advanced.add_argument(
+        "--preset", choices=tuple(PRESETS), default="default",
+        help="deformable settings: default, or large-motion (breathing-size motion, +-12 working voxels)",
+    )
+    advanced.add_argument(
+        "--spacing", type=arguments.number(float, "number"), metavar="MM",
+        help="isotropic working resolution of the deformable stage (default: the fixed grid)",
+    )
+    parser.add_argument("--device", choices=DEVICES, default="auto")
+
+
+def settings_of(args: argparse.Namespace) -> RegistrationSettings:
+    """The registration settings the options ask for (raises :class:`SettingsError`)."""
+    return RegistrationSettings.create(
+        args.method,
+        args.transform,
+        args.metric,
+        diffeomorphic=args.diffeomorphic,
+        levels=args.levels,
+        iterations=args.iterations,
+        deformable_iterations=args.deformable_iterations,
+        regularisation=args.regularisation,
+        preset=args.preset,
+        spacing=args.spacing,
+    )
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Option combinations and settings, checked before any file is read."""
+    if bool(args.fixed_labels) != bool(args.moving_labels):
+        parser.error("--fixed-labels and --moving-labels go together")
+    if args.labels and not args.fixed_labels:
+        parser.error("--labels needs --fixed-labels and --moving-labels")
+    try:
+        args.settings = settings_of(args)
+    except SettingsError as exc:
+        parser.error(str(exc))
+
+
+def versions() -> dict[str, str]:
+    """Versions of RegSeg and the libraries that shape its results."""
+    import numpy
+    import SimpleITK
+    import torch
+
+    return {
+        "regseg": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "SimpleITK": SimpleITK.Version_VersionString(),
+    }
+
+
+def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
+    """Registers MOVING to FIXED and writes the result folder."""
+    from RegSegLib.evaluation import evaluate_registration, json_ready, qc_figure
+    from RegSegLib.io import read_transform, refuse_overwriting_inputs, write_transform, write_volume
+    from RegSegLib.io.checks import read_image, read_labels, read_mask
+    from RegSegLib.registration.pipeline import register
+    from RegSegLib.runtime import Progress, resolve_device
+    from RegSegLib.transforms import CompositeTransform
+
+    started = time.perf_counter()
+    output = Path(args.output)
+    inputs = [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.init, args.fixed_labels, args.moving_labels]
+    refuse_overwriting_inputs([output, *(output / name for name in OUTPUTS)], inputs)
+    device = resolve_device(args.device)
+    staging = StagingFolder(output, OUTPUTS)
+    try:
+        report(0.0, "reading inputs")
+        fixed = read_image(args.fixed, args.fixed_channel, "--fixed-channel")
+        moving = read_image(args.moving, args.moving_channel, "--moving-channel")
+        fixed_mask = read_mask(args.fixed_mask, fixed, args.fixed) if args.fixed_mask else None
+        moving_mask = read_mask(args.moving_mask, moving, args.moving) if args.moving_mask else None
+        fixed_labels = read_labels(args.fixed_labels, fixed, args.fixed) if args.fixed_labels else None
+        moving_labels = read_labels(args.moving_labels, moving, args.moving) if args.moving_labels else None
+        initial = read_transform(args.init) if args.init else None
+        read_seconds = time.perf_counter() - started
+
+        result = register(
+            fixed,
+            moving,
+            args.settings,
+            fixed_mask=fixed_mask,
+            moving_mask=moving_mask,
+            initial=initial,
+            device=device,
+            progress=Progress(report).sub(0.05, 0.8),
+        )
+
+        report(0.85, "writing results")
+        write_started = time.perf_counter()
+        outcome = evaluate_registration(
+            fixed, moving, result.transform, result.field, args.settings.report_metric,
+            fixed_mask=fixed_mask, fixed_labels=fixed_labels, moving_labels=moving_labels, labels=args.labels,
+        )  # fmt: skip
+        write_volume(outcome.warped, staging.file("warped.nii.gz"))
+        whole = result.transform if isinstance(result.transform, CompositeTransform) else CompositeTransform([result.transform])
+        write_transform(whole, staging.file("transform.h5"))
+        write_transform(result.affine, staging.file("affine.tfm"))
+        if result.field is not None:
+            write_transform(result.field, staging.file("displacement.nii.gz"))
+        if outcome.warped_labels is not None:
+            write_volume(outcome.warped_labels, staging.file("warped_labels.nii.gz"))
+        metrics: dict[str, Any] = {
+            "command": COMMAND,
+            "fixed": args.fixed,
+            "moving": args.moving,
+            "method": args.method,
+            "transform_family": args.transform,
+            "metric": args.settings.report_metric,
+            "diffeomorphic": bool(args.diffeomorphic),
+            "initial_transform": args.init,
+            "settings": args.settings.as_dict(),
+            "device": str(device),
+            **outcome.report,
+        }
+        report(0.95, "drawing the QC picture")
+        qc_figure(fixed, outcome.before, outcome.warped, staging.file("qc.png"))
+        metrics["seconds"] = {
+            "read": read_seconds,
+            **result.seconds,
+            "write": time.perf_counter() - write_started,
+            "total": time.perf_counter() - started,
+        }
+        metrics["versions"] = versions()
+        staging.file("metrics.json").write_text(json.dumps(json_ready(metrics), indent=2) + "\n")
+        written = staging.commit()
+    finally:
+        staging.cleanup()
+    report(1.0, "done")
+    _print_summary(metrics, written)
+    return 0
+
+
+def _print_summary(metrics: dict[str, Any], written: list[Path]) -> None:
+    similarity = metrics["similarity"]
+    print(
+        f"regseg: {metrics['method']} registration in {metrics['seconds']['total']:.1f} s on {metrics['device']}; "
+        f"{similarity['name']} {similarity['before']:.4g} -> {similarity['after']:.4g}"
+    )
+    if "dice" in metrics:
+        print(f"regseg: mean Dice {metrics['dice']['mean_before']:.4f} -> {metrics['dice']['mean']:.4f}")
+    if "jacobian" in metrics:
+        print(f"regseg: folding fraction {metrics['jacobian']['folding_fraction']:.2e}")
+    print(f"regseg: wrote {', '.join(str(p) for p in written)}", flush=True)

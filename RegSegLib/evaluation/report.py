@@ -1,0 +1,120 @@
+"""The before/after report of a registration (what ``metrics.json`` holds) and JSON-ready values."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from RegSegLib.evaluation.fields import jacobian_statistics
+from RegSegLib.evaluation.overlap import dice_per_label, mean_ignoring_nan
+from RegSegLib.losses import similarity
+from RegSegLib.ops.intensity import robust_scale
+from RegSegLib.transforms import DisplacementField, Transform, resample
+from RegSegLib.volume import Volume
+from RegSegLib.vocabulary import METRICS
+
+
+@dataclass
+class RegistrationOutcome:
+    """A registration applied and measured.
+
+    Attributes:
+        warped: the moving image on the fixed grid through the transform.
+        before: the moving image on the fixed grid without it (identity).
+        warped_labels: the moving label map through the transform (nearest neighbour), or ``None``.
+        report: ``similarity`` (before/after), ``dice`` (per label, before/after, when labels are given)
+            and ``jacobian`` (when there is a displacement field).
+    """
+
+    warped: Volume
+    before: Volume
+    warped_labels: Volume | None
+    report: dict[str, Any]
+
+
+def similarity_report(fixed: Volume, before: Volume, after: Volume, metric: str, fixed_mask: Volume | None = None) -> dict[str, Any]:
+    """A metric on robustly scaled images (0.5-99.5 percentiles to [0, 1]) before and after registration.
+
+    Args:
+        fixed: the fixed image.
+        before: the moving image on the fixed grid before registration.
+        after: the warped moving image.
+        metric: ``mse``, ``ncc``, ``lncc``, ``mi`` or ``mind``.
+        fixed_mask: where the metric counts (on the fixed grid).
+    """
+    mask = None if fixed_mask is None else fixed_mask.data[:1].float()[None]
+    fixed_scaled = robust_scale(fixed.data[:1])[None]
+    name, higher_is_better = METRICS[metric]
+    return {
+        "metric": metric,
+        "name": name,
+        "higher_is_better": higher_is_better,
+        "before": similarity(fixed_scaled, robust_scale(before.data[:1])[None], metric, mask),
+        "after": similarity(fixed_scaled, robust_scale(after.data[:1])[None], metric, mask),
+    }
+
+
+def dice_report(fixed_labels: Volume, before: Volume, after: Volume, labels: Sequence[int] | None = None) -> dict[str, Any]:
+    """Dice per label and its mean, after and before registration (labels on the fixed grid)."""
+    dice_after = dice_per_label(fixed_labels.data[0], after.data[0], labels)
+    dice_before = dice_per_label(fixed_labels.data[0], before.data[0], list(dice_after))
+    return {
+        "per_label": dice_after,
+        "mean": mean_ignoring_nan(dice_after),
+        "before_per_label": dice_before,
+        "mean_before": mean_ignoring_nan(dice_before),
+    }
+
+
+def evaluate_registration(
+    fixed: Volume,
+    moving: Volume,
+    transform: Transform,
+    field: DisplacementField | None,
+    metric: str,
+    *,
+    fixed_mask: Volume | None = None,
+    fixed_labels: Volume | None = None,
+    moving_labels: Volume | None = None,
+    labels: Sequence[int] | None = None,
+) -> RegistrationOutcome:
+    """Applies a registration result and measures it against the start.
+
+    Args:
+        fixed: the fixed image.
+        moving: the moving image.
+        transform: the whole fixed-to-moving transform.
+        field: the deformable stage's displacement field, for the Jacobian statistics.
+        metric: the similarity reported before and after.
+        fixed_mask: where the similarity counts.
+        fixed_labels: fixed label map (with ``moving_labels``: Dice before and after).
+        moving_labels: moving label map.
+        labels: the labels scored (default: every nonzero label present).
+    """
+    before = resample(moving, fixed, None, mode="linear")
+    warped = resample(moving, fixed, transform, mode="linear")
+    report: dict[str, Any] = {"similarity": similarity_report(fixed, before, warped, metric, fixed_mask)}
+    warped_labels = None
+    if fixed_labels is not None and moving_labels is not None:
+        labels_before = resample(moving_labels, fixed, None, mode="nearest")
+        warped_labels = resample(moving_labels, fixed, transform, mode="nearest")
+        report["dice"] = dice_report(fixed_labels, labels_before, warped_labels, labels)
+    if field is not None:
+        report["jacobian"] = jacobian_statistics(field)
+    return RegistrationOutcome(warped, before, warped_labels, report)
+
+
+def json_ready(value: Any) -> Any:
+    """A copy of nested dicts/lists of numbers with ``nan``/``inf`` as ``None`` and keys as strings."""
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value

@@ -1,0 +1,385 @@
+"""Settings of the registration methods: the one place for their names, defaults and validation.
+
+Torch-free, so that the command line (``regseg register``), the Slicer request, the Slicer batch script
+and, later, Hydra configs can build and check them without importing the engines. Every settings
+object validates itself when it is created: a bad value raises :class:`SettingsError` (a ``ValueError``
+and a :class:`~RegSegLib.errors.RegSegError`) before any work starts, with the same message everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Sequence
+
+from RegSegLib import vocabulary
+from RegSegLib.errors import RegSegError
+
+METHODS: tuple[str, ...] = ("affine", "deformable")
+"""``affine``, or ``deformable`` (an affine stage, then a dense displacement field)."""
+FAMILIES: tuple[str, ...] = tuple(vocabulary.FAMILIES)
+METRICS: tuple[str, ...] = vocabulary.IMAGE_METRICS
+DEVICES: tuple[str, ...] = vocabulary.DEVICES
+INITIALISATIONS: tuple[str, ...] = ("identity", "centres", "moments")
+DEFORMABLE_METHODS: tuple[str, ...] = ("convexadam", "grid")
+DEFORMABLE_SIMILARITIES: tuple[str, ...] = ("mind", "lncc", "ncc", "mse")
+DEFORMABLE_SIMILARITY_FOR: dict[str, str] = {"mi": "mind"}
+"""The deformable stage's measure for a metric it does not have (mutual information -> MIND)."""
+DEFAULT_AFFINE_METRIC = "ncc"
+DEFAULT_DEFORMABLE_SIMILARITY = "lncc"
+PENALTIES: tuple[str, ...] = ("diffusion", "bending")
+
+
+class SettingsError(RegSegError, ValueError):
+    """A setting with a value the methods do not accept."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _choice(value: Any, allowed: Sequence[str], what: str) -> None:
+    if value not in allowed:
+        raise SettingsError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
+
+
+def _positive(value: Any, what: str, *, integer: bool = False, zero_allowed: bool = False) -> None:
+    """Raises :class:`SettingsError` unless ``value`` is a finite positive (or zero) number (whole if ``integer``)."""
+    ok = _is_number(value) and math.isfinite(value) and (not integer or float(value).is_integer())
+    if not ok or value < 0 or (value == 0 and not zero_allowed):
+        sign = "non-negative" if zero_allowed else "positive"
+        noun = "whole number" if integer else "number"
+        raise SettingsError(f"{what} must be a {sign} {noun}, got {value!r}")
+
+
+def _counts(values: Sequence[Any], what: str, *, integer: bool, zero_allowed: bool = False) -> tuple:
+    """``values`` as a non-empty tuple of finite positive (or zero) numbers."""
+    values = tuple(values)
+    if not values:
+        raise SettingsError(f"{what} are empty")
+    for value in values:
+        _positive(value, what, integer=integer, zero_allowed=zero_allowed)
+    return tuple(int(v) for v in values) if integer else tuple(float(v) for v in values)
+
+
+class _Overridable:
+    """Settings that can be copied with some fields changed, unknown names refused."""
+
+    WHAT = "registration"
+
+    def overridden(self, **options: Any):
+        """A copy with some fields changed (validated again).
+
+        Raises:
+            SettingsError: an unknown field or a bad value.
+        """
+        names = {f.name for f in fields(self)}  # type: ignore[arg-type]
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise SettingsError(f"unknown {self.WHAT} setting(s) {unknown}; known: {sorted(names)}")
+        return replace(self, **options) if options else self  # type: ignore[type-var]
+
+
+@dataclass(frozen=True)
+class AffineSettings(_Overridable):
+    """The affine engine's settings (:func:`~RegSegLib.registration.affine.register_affine`).
+
+    Attributes:
+        family: ``rigid`` (6), ``similarity`` (7), ``anisotropic`` (9) or ``affine`` (12 parameters).
+        metric: ``ncc`` (mono-modal, default), ``mse``, ``lncc`` (dense, slower), ``mi`` or ``mind``
+            (multi-modal).
+        init: ``identity``, ``centres`` (grid centres) or ``moments`` (intensity centres of mass);
+            ``None`` chooses ``moments`` for the mono-modal metrics and ``centres`` for ``mi`` and
+            ``mind``: intensity centres of mass only correspond when the intensities mean the same
+            tissue (an ultrasound fan or a DWI background moves them away from the anatomy).
+        levels: pyramid factors, coarse to fine; level ``f`` works at ``f * spacing`` mm.
+        iterations: one count per level (0 skips a level): Adam iterations at the coarsest level, at
+            most this many loss evaluations of L-BFGS at the finer ones.
+        spacing: base working spacing in mm; ``None``: the fixed image's finest spacing, coarsened so
+            that the finest working grid has at most 2 million voxels.
+        learning_rate: Adam step at the coarsest level, in mm per mm of working spacing.
+        window: local NCC window in voxels.
+        num_bins: mutual information histogram bins.
+        max_samples: voxels compared per step for the voxel-wise measures (all voxels for ``lncc``).
+    """
+
+    family: str = "affine"
+    metric: str = DEFAULT_AFFINE_METRIC
+    init: str | None = None
+    levels: tuple[float, ...] = (4.0, 2.0, 1.0)
+    iterations: tuple[int, ...] = (60, 20, 10)
+    spacing: float | None = None
+    learning_rate: float = 0.5
+    window: int = 7
+    num_bins: int = 32
+    max_samples: int = 10_000
+    WHAT = "affine"
+
+    def __post_init__(self) -> None:
+        _choice(self.family, FAMILIES, "transform family")
+        _choice(self.metric, METRICS, "affine similarity metric")
+        if self.init is not None:
+            _choice(self.init, INITIALISATIONS, "initialisation")
+        object.__setattr__(self, "levels", _counts(self.levels, "affine pyramid levels", integer=False))
+        object.__setattr__(self, "iterations", _counts(self.iterations, "affine iterations", integer=True, zero_allowed=True))
+        if len(self.iterations) != len(self.levels):
+            raise SettingsError(
+                f"affine iterations need one count per pyramid level: {len(self.levels)} levels "
+                f"{self.levels}, {len(self.iterations)} counts {self.iterations}"
+            )
+        if self.spacing is not None:
+            _positive(self.spacing, "affine working spacing")
+        _positive(self.learning_rate, "affine learning rate")
+        for value, what in ((self.window, "local NCC window"), (self.num_bins, "histogram bins"), (self.max_samples, "samples")):
+            _positive(value, what, integer=True)
+        if self.window % 2 == 0:
+            raise SettingsError(f"local NCC window must be odd, got {self.window}")
+
+    @property
+    def resolved_init(self) -> str:
+        """The initialisation used: :attr:`init`, or the metric's default."""
+        if self.init is not None:
+            return self.init
+        return "centres" if self.metric in vocabulary.MULTI_MODAL_METRICS else "moments"
+
+
+@dataclass(frozen=True)
+class CoarseLevel:
+    """One discrete search level of ConvexAdam (sizes in voxels of the search grid).
+
+    Attributes:
+        step: control point spacing (features are average-pooled over ``step``^3).
+        radius: search radius in units of ``quantisation``; ``(2 radius + 1)^3`` candidates.
+        quantisation: spacing of the candidate displacements.
+    """
+
+    step: int = 2
+    radius: int = 3
+    quantisation: int = 1
+
+    def __post_init__(self) -> None:
+        for value, what in ((self.step, "search step"), (self.radius, "search radius"), (self.quantisation, "quantisation")):
+            _positive(value, what, integer=True)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "large-motion": {
+        "coarse_levels": (
+            CoarseLevel(step=2, radius=4, quantisation=1),
+            CoarseLevel(step=2, radius=2, quantisation=1),
+        ),
+        "presmooth_vox": 0.7,
+    },
+}
+"""Named deformable settings. ``large-motion`` searches twice, covering about +-12 working voxels (lung
+breathing at 2 mm)."""
+
+
+@dataclass(frozen=True)
+class DeformableSettings(_Overridable):
+    """The deformable engine's settings (:func:`~RegSegLib.registration.deformable.register_deformable`).
+
+    Attributes:
+        method: ``convexadam`` (discrete search + Adam) or ``grid`` (pyramid of control grids).
+        similarity: ``lncc`` (default), ``ncc``, ``mse`` or ``mind`` (MIND-SSC, multi-modal).
+            ConvexAdam's discrete search always uses MIND-SSC; the Adam stages use ``similarity``.
+        diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring.
+        spacing_mm: isotropic working resolution; ``None`` works on the fixed grid.
+        search_shrink: the discrete search runs on the working grid shrunk by this factor.
+        coarse_levels: ConvexAdam discrete levels, coarse to fine.
+        coupling: coupled convex optimisation weights (cost units per squared quantisation step).
+        cost_smoothing: 3x3x3 averaging passes over the cost volume before the argmin (aggregation).
+        inverse_consistent: make forward and backward coarse solutions inverse consistent.
+        inverse_iterations: fixed-point iterations of the inverse consistency step.
+        adam_step: grid step in working voxels of the Adam stage.
+        adam_iterations: Adam iterations (ConvexAdam) or per pyramid level (grid).
+        fine_iterations: Adam iterations of ConvexAdam's last stage on the full working grid
+            (0 skips it; only used when ``adam_step`` > 1).
+        adam_lr: Adam learning rate in grid voxels.
+        adam_smoothing: 3x3x3 averaging passes over the grid at every iteration.
+        regularisation: weight of the diffusion (or bending) penalty, in grid voxel units.
+        penalty: ``diffusion`` or ``bending`` (grid method).
+        mind_radius: MIND-SSC patch radius in working voxels.
+        mind_dilation: MIND-SSC neighbour distance in working voxels.
+        presmooth_vox: Gaussian sigma (working voxels) applied to both images before the features.
+        pyramid: shrink factors of the grid method, coarse to fine.
+        control_step: control point spacing in voxels of each pyramid level (grid method).
+        lncc_window: window width in voxels of local NCC.
+        integration_steps: scaling-and-squaring steps of the diffeomorphic option.
+        percentiles: intensity window (percent) mapped to [0, 1] before the similarity.
+    """
+
+    method: str = "convexadam"
+    similarity: str = DEFAULT_DEFORMABLE_SIMILARITY
+    diffeomorphic: bool = False
+    spacing_mm: float | None = None
+    search_shrink: int = 2
+    coarse_levels: tuple[CoarseLevel, ...] = (CoarseLevel(step=2, radius=3, quantisation=1),)
+    coupling: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    cost_smoothing: int = 1
+    inverse_consistent: bool = False
+    inverse_iterations: int = 15
+    adam_step: int = 2
+    adam_iterations: int = 12
+    fine_iterations: int = 8
+    adam_lr: float = 1.0
+    adam_smoothing: int = 3
+    regularisation: float = 1.0
+    penalty: str = "diffusion"
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    presmooth_vox: float = 0.0
+    pyramid: tuple[int, ...] = (4, 2, 1)
+    control_step: int = 2
+    lncc_window: int = 7
+    integration_steps: int = 7
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    WHAT = "deformable"
+
+    def __post_init__(self) -> None:
+        _choice(self.method, DEFORMABLE_METHODS, "deformable method")
+        _choice(self.similarity, DEFORMABLE_SIMILARITIES, "deformable similarity")
+        _choice(self.penalty, PENALTIES, "smoothness penalty")
+        if self.spacing_mm is not None:
+            _positive(self.spacing_mm, "deformable spacing")
+        levels = tuple(level if isinstance(level, CoarseLevel) else CoarseLevel(*level) for level in self.coarse_levels)
+        object.__setattr__(self, "coarse_levels", levels)
+        object.__setattr__(self, "coupling", _counts(self.coupling, "coupling weights", integer=False))
+        object.__setattr__(self, "pyramid", _counts(self.pyramid, "grid pyramid factors", integer=True))
+        for name in ("search_shrink", "adam_step", "control_step", "lncc_window", "integration_steps", "mind_radius", "mind_dilation"):
+            _positive(getattr(self, name), name.replace("_", " "), integer=True)
+        for name in ("adam_iterations", "fine_iterations", "cost_smoothing", "adam_smoothing", "inverse_iterations"):
+            _positive(getattr(self, name), name.replace("_", " "), integer=True, zero_allowed=True)
+        _positive(self.adam_lr, "deformable learning rate")
+        _positive(self.regularisation, "regularisation weight")
+        _positive(self.presmooth_vox, "pre-smoothing", zero_allowed=True)
+        low, high = self.percentiles
+        if not (_is_number(low) and _is_number(high) and 0.0 <= low < high <= 100.0):
+            raise SettingsError(f"intensity percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+
+    @classmethod
+    def from_preset(cls, preset: str = "default", **overrides: Any) -> "DeformableSettings":
+        """Settings of a named preset (:data:`PRESETS`) with some fields overridden.
+
+        Raises:
+            SettingsError: unknown preset, unknown field or a bad value.
+        """
+        _choice(preset, tuple(PRESETS), "deformable preset")
+        return cls().overridden(**{**PRESETS[preset], **overrides})
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    """What ``regseg register`` does: the method and each stage's settings.
+
+    Attributes:
+        method: ``affine`` or ``deformable``.
+        metric: the similarity the user chose (``None``: each stage's default); it names the
+            before/after similarity of the report (``lncc`` when ``None``).
+        preset: the deformable preset the settings started from.
+        affine: the affine stage.
+        deformable: the deformable stage (``None`` for ``affine``).
+    """
+
+    method: str = "affine"
+    metric: str | None = None
+    preset: str = "default"
+    affine: AffineSettings = field(default_factory=AffineSettings)
+    deformable: DeformableSettings | None = None
+
+    def __post_init__(self) -> None:
+        _choice(self.method, METHODS, "method")
+        if self.metric is not None:
+            _choice(self.metric, METRICS, "similarity metric")
+        if self.method == "deformable" and self.deformable is None:
+            raise SettingsError("a deformable registration needs deformable settings")
+
+    @classmethod
+    def create(
+        cls,
+        method: str = "affine",
+        family: str = "affine",
+        metric: str | None = None,
+        *,
+        diffeomorphic: bool = False,
+        levels: Sequence[float] | None = None,
+        iterations: Sequence[int] | None = None,
+        deformable_iterations: Sequence[int] | None = None,
+        regularisation: float | None = None,
+        preset: str = "default",
+        spacing: float | None = None,
+    ) -> "RegistrationSettings":
+        """Settings from the options a user sets (command line, Slicer panel, batch script); ``None`` = default.
+
+        Args:
+            method: ``affine`` or ``deformable``.
+            family: the affine stage's family.
+            metric: similarity of both stages; the deformable stage uses ``mind`` for ``mi``.
+            diffeomorphic: deformable stage as a stationary velocity field.
+            levels: affine pyramid factors, coarse to fine.
+            iterations: affine iterations, one per level.
+            deformable_iterations: one or two counts: Adam iterations on the control grid, then on the
+                full working grid (0 skips a stage).
+            regularisation: deformable smoothness weight.
+            preset: deformable preset (:data:`PRESETS`).
+            spacing: isotropic working resolution of the deformable stage in mm.
+
+        Raises:
+            SettingsError: a bad value, with a message naming it.
+        """
+        _choice(method, METHODS, "method")
+        _choice(preset, tuple(PRESETS), "deformable preset")
+        if metric is not None:
+            _choice(metric, METRICS, "similarity metric")
+        affine_options: dict[str, Any] = {"family": family}
+        if metric is not None:
+            affine_options["metric"] = metric
+        if levels is not None:
+            affine_options["levels"] = _counts(levels, "affine pyramid levels", integer=False)
+            if iterations is None:
+                default = AffineSettings()
+                if len(affine_options["levels"]) != len(default.levels):
+                    raise SettingsError(
+                        f"affine iterations need one count per pyramid level: give them with the "
+                        f"{len(affine_options['levels'])} levels {tuple(levels)}"
+                    )
+        if iterations is not None:
+            affine_options["iterations"] = tuple(iterations)
+        affine = AffineSettings(**affine_options)
+        deformable_options: dict[str, Any] = {"diffeomorphic": bool(diffeomorphic)}
+        if metric is not None:
+            deformable_options["similarity"] = DEFORMABLE_SIMILARITY_FOR.get(metric, metric)
+        if deformable_iterations is not None:
+            counts = _counts(deformable_iterations, "deformable iterations", integer=True, zero_allowed=True)
+            if len(counts) > 2:
+                raise SettingsError(
+                    f"deformable iterations take one or two counts (control grid, then full resolution), got {len(counts)}"
+                )
+            deformable_options["adam_iterations"] = counts[0]
+            if len(counts) == 2:
+                deformable_options["fine_iterations"] = counts[1]
+        if regularisation is not None:
+            deformable_options["regularisation"] = regularisation
+        if spacing is not None:
+            deformable_options["spacing_mm"] = spacing
+        deformable = DeformableSettings.from_preset(preset, **deformable_options)
+        return cls(
+            method=method,
+            metric=metric,
+            preset=preset,
+            affine=affine,
+            deformable=deformable if method == "deformable" else None,
+        )
+
+    @property
+    def report_metric(self) -> str:
+        """The measure of the before/after similarity report."""
+        return self.metric or DEFAULT_DEFORMABLE_SIMILARITY
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every resolved setting, for ``metrics.json`` (the affine initialisation resolved too)."""
+        content = asdict(self)
+        content["affine"]["init"] = self.affine.resolved_init
+        return content
