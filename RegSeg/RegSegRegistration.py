@@ -31,20 +31,17 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from RegSegSlicerLib.paths import ensure_regseglib_importable
-from RegSegSlicerLib.registration import (
-    DEFORMABLE_PRESETS,
-    DEVICES,
-    METHODS,
-    METRICS,
-    TRANSFORM_FAMILIES,
-    JobState,
+
+ensure_regseglib_importable()
+
+from RegSegLib.registration import settings  # noqa: E402  (torch-free: the methods' names and rules)
+from RegSegSlicerLib.jobs import JobState  # noqa: E402
+from RegSegSlicerLib.registration import (  # noqa: E402
     RegistrationJob,
     RegistrationOutputs,
     RegistrationRequest,
     parse_number_list,
 )
-
-ensure_regseglib_importable()
 
 POLL_INTERVAL_MS = 100
 DEFAULT_METRIC = "default"
@@ -92,21 +89,21 @@ class RegSegRegistrationParameterNode:
 
     fixed_volume: vtkMRMLScalarVolumeNode
     moving_volume: vtkMRMLScalarVolumeNode
-    method: Annotated[str, Choice(list(METHODS))] = "affine"
-    transform_family: Annotated[str, Choice(list(TRANSFORM_FAMILIES))] = "affine"
+    method: Annotated[str, Choice(list(settings.METHODS))] = "affine"
+    transform_family: Annotated[str, Choice(list(settings.FAMILIES))] = "affine"
     fixed_mask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     moving_mask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     initial_transform: Optional[vtkMRMLTransformNode]
     fixed_labels: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     moving_labels: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
-    metric: Annotated[str, Choice([DEFAULT_METRIC, *METRICS])] = DEFAULT_METRIC
+    metric: Annotated[str, Choice([DEFAULT_METRIC, *settings.METRICS])] = DEFAULT_METRIC
     diffeomorphic: bool = False
-    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    device: Annotated[str, Choice(list(settings.DEVICES))] = "auto"
     levels: str = ""
     iterations: str = ""
     deformable_iterations: str = ""
     regularisation: Annotated[float, WithinRange(0.0, MAX_REGULARISATION)] = 0.0
-    preset: Annotated[str, Choice(list(DEFORMABLE_PRESETS))] = "default"
+    preset: Annotated[str, Choice(list(settings.PRESETS))] = "default"
     spacing_mm: Annotated[float, WithinRange(0.0, MAX_SPACING_MM)] = 0.0
     output_transform: Optional[vtkMRMLTransformNode]
     output_volume: Optional[vtkMRMLScalarVolumeNode]
@@ -369,7 +366,7 @@ class RegSegRegistrationLogic(ScriptedLoadableModuleLogic):
 
         Raises:
             ValueError: an impossible request (nothing started).
-            RegSegSlicerLib.registration.RegistrationError: the job could not start.
+            RegSegSlicerLib.registration.RegistrationError: the job could not start (a ``RuntimeError``).
         """
         job = RegistrationJob(
             scene if scene is not None else slicer.mrmlScene,

@@ -29,24 +29,45 @@ MODULE_FOLDER = next(
 extension (where CMake installs this script into ``qt-scripted-modules/Scripts``)."""
 
 
-def parse_arguments(argv: list[str]) -> argparse.Namespace:
+def make_modules_importable() -> None:
+    """Puts the module folder (RegSegSlicerLib) and RegSegLib on ``sys.path``.
+
+    RegSegLib is found as the modules find it (:func:`RegSegSlicerLib.paths.ensure_regseglib_importable`): beside the
+    modules in an installed extension, in the checkout root, or installed in this Python.
+    """
+    if str(MODULE_FOLDER) not in sys.path:
+        sys.path.insert(0, str(MODULE_FOLDER))
+    from RegSegSlicerLib.paths import ensure_regseglib_importable
+
+    ensure_regseglib_importable()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; the choices are those of :mod:`RegSegLib.registration.settings` (torch-free)."""
+    make_modules_importable()
+    from RegSegLib.registration import settings
+
     parser = argparse.ArgumentParser(prog="slicer_register.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--fixed", required=True, help="fixed volume file")
     parser.add_argument("--moving", required=True, help="moving volume file")
     parser.add_argument("--output-dir", required=True, help="folder for transform.h5, warped.nrrd and regseg/")
-    parser.add_argument("--method", choices=("affine", "deformable"), default="affine")
-    parser.add_argument("--transform", choices=("rigid", "similarity", "anisotropic", "affine"), default="affine")
-    parser.add_argument("--metric", choices=("lncc", "ncc", "mse", "mi", "mind"), default=None)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--method", choices=settings.METHODS, default="affine")
+    parser.add_argument("--transform", choices=settings.FAMILIES, default="affine")
+    parser.add_argument("--metric", choices=settings.METRICS, default=None)
+    parser.add_argument("--device", choices=settings.DEVICES, default="auto")
     parser.add_argument("--install-dependencies", action="store_true", help="install missing Python packages first")
     advanced = parser.add_argument_group("advanced settings (as in regseg register; default: the engine's)")
     advanced.add_argument("--levels", default="", metavar="4,2,1", help="affine pyramid factors, coarse to fine")
     advanced.add_argument("--iterations", default="", metavar="60,20,10", help="affine iterations per level")
     advanced.add_argument("--deformable-iterations", default="", metavar="12,8", help="deformable Adam iterations")
     advanced.add_argument("--regularisation", type=float, default=None, metavar="W", help="deformable smoothness weight")
-    advanced.add_argument("--preset", choices=("default", "large-motion"), default="default", help="deformable preset")
+    advanced.add_argument("--preset", choices=tuple(settings.PRESETS), default="default", help="deformable preset")
     advanced.add_argument("--spacing", type=float, default=None, metavar="MM", help="deformable working resolution")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def module_logic():
@@ -84,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(slicer, "mrmlScene", None) is None:
         slicer.mrmlScene = slicer.vtkMRMLScene()
     scene = slicer.mrmlScene
-    if str(MODULE_FOLDER) not in sys.path:
-        sys.path.insert(0, str(MODULE_FOLDER))
+    make_modules_importable()
     from RegSegSlicerLib import nodes
     from RegSegSlicerLib.registration import RegistrationError, parse_number_list
 

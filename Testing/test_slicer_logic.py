@@ -10,6 +10,7 @@ Geometry error = largest distance between corresponding points (grid corners, te
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -52,17 +53,17 @@ def module():
     """RegSegRegistration.py imported with stand-ins for Slicer's Qt-side modules, and RegSegSlicerLib."""
     with slicer_module_standins():
         registration_module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
-        from RegSegSlicerLib import nodes, registration
+        from RegSegSlicerLib import jobs, nodes, registration
 
-        yield types_namespace(registration_module, nodes, registration)
+        yield types_namespace(registration_module, jobs, nodes, registration)
 
 
-def types_namespace(registration_module, nodes, registration):
+def types_namespace(registration_module, jobs, nodes, registration):
     class Namespace:
         pass
 
     namespace = Namespace()
-    namespace.module, namespace.nodes, namespace.registration = registration_module, nodes, registration
+    namespace.module, namespace.jobs, namespace.nodes, namespace.registration = registration_module, jobs, nodes, registration
     return namespace
 
 
@@ -302,10 +303,7 @@ def test_a_closed_surface_segmentation_becomes_a_label_map_without_changing_the_
 
 
 def test_advanced_settings_reach_the_engine(prostate, module, tmp_path):
-    outputs, progress, log = run(
-        module,
-        prostate,
-        tmp_path / "result",
+    options = dict(
         method="deformable",
         levels=[2, 1],
         iterations=[20, 10],
@@ -314,16 +312,17 @@ def test_advanced_settings_reach_the_engine(prostate, module, tmp_path):
         preset="large-motion",
         spacing_mm=4.0,
     )
-    assert outputs.metrics["settings"] == {
-        "affine": {"levels": [2.0, 1.0], "iterations": [20, 10]},
-        "deformable": {
-            "preset": "large-motion",
-            "adam_iterations": 0,
-            "fine_iterations": 0,
-            "regularisation": 2.0,
-            "spacing_mm": 4.0,
-        },
-    }
+    outputs, progress, log = run(module, prostate, tmp_path / "result", **options)
+    settings = outputs.metrics["settings"]
+    assert (settings["method"], settings["preset"]) == ("deformable", "large-motion")
+    assert (settings["affine"]["levels"], settings["affine"]["iterations"]) == ([2.0, 1.0], [20, 10])
+    deformable = settings["deformable"]
+    assert (deformable["adam_iterations"], deformable["fine_iterations"]) == (0, 0)
+    assert (deformable["regularisation"], deformable["spacing_mm"]) == (2.0, 4.0)
+    assert len(deformable["coarse_levels"]) == 2  # the large-motion preset searches twice
+    # the engine ran exactly the settings the Slicer request validated
+    request = module.registration.RegistrationRequest(prostate["fixed"], prostate["moving"], **options)
+    assert settings == json.loads(json.dumps(request.engine_settings().as_dict()))
     assert not outputs.transform_node.IsLinear() and progress[-1] == 1.0
     command = next(line for line in log if line.startswith("running: "))
     assert "--levels 2.0,1.0 --iterations 20,10 --deformable-iterations 0,0" in command
@@ -335,7 +334,7 @@ def test_advanced_settings_reach_the_engine(prostate, module, tmp_path):
 
 def test_cancel_ends_the_child_within_2_s_and_leaves_the_scene_as_it_was(prostate, module):
     scene = prostate["scene"]
-    registration = module.registration
+    registration, JobState = module.registration, module.jobs.JobState
     before = scene_state(scene)
     started = threading.Event()
     states = []
@@ -350,15 +349,15 @@ def test_cancel_ends_the_child_within_2_s_and_leaves_the_scene_as_it_was(prostat
     while not started.is_set() and job.process.poll() is None:
         job.poll()
         started.wait(0.05)
-    assert job.state is registration.JobState.RUNNING, job.error
+    assert job.state is JobState.RUNNING, job.error
     child = job.process.process
     canceller = threading.Thread(target=job.cancel)
     canceller.start()
     canceller.join(timeout=2.0)
     assert not canceller.is_alive()
     assert child.poll() is not None
-    assert job.state is registration.JobState.CANCELLED and job.poll()
-    assert states == [registration.JobState.STARTING, registration.JobState.RUNNING, registration.JobState.CANCELLED]
+    assert job.state is JobState.CANCELLED and job.poll()
+    assert states == [JobState.STARTING, JobState.RUNNING, JobState.CANCELLED]
     assert not job.work_dir.exists()
     assert scene_state(scene) == before
 

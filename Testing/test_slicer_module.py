@@ -4,6 +4,7 @@ right, and the background runner handles progress, logs, failures and cancellati
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -51,17 +52,10 @@ def test_every_module_file_imports_without_torch(path):
 def test_module_follows_the_scripted_module_template():
     with slicer_module_standins():
         module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
-        from slicer.ScriptedLoadableModule import (
-            ScriptedLoadableModule,
-            ScriptedLoadableModuleLogic,
-            ScriptedLoadableModuleTest,
-            ScriptedLoadableModuleWidget,
-        )
+        template = importlib.import_module("slicer.ScriptedLoadableModule")
 
-    assert issubclass(module.RegSegRegistration, ScriptedLoadableModule)
-    assert issubclass(module.RegSegRegistrationWidget, ScriptedLoadableModuleWidget)
-    assert issubclass(module.RegSegRegistrationLogic, ScriptedLoadableModuleLogic)
-    assert issubclass(module.RegSegRegistrationTest, ScriptedLoadableModuleTest)
+    for suffix in ("", "Widget", "Logic", "Test"):
+        assert issubclass(getattr(module, f"RegSegRegistration{suffix}"), getattr(template, f"ScriptedLoadableModule{suffix}"))
 
     class Parent:
         pass
@@ -185,14 +179,12 @@ def test_regseglib_is_found_beside_the_modules_or_in_the_checkout():
 
 def test_state_machine_refuses_impossible_transitions():
     with slicer_module_standins():
-        from RegSegSlicerLib.registration import FINAL_STATES, TRANSITIONS, JobState
+        from RegSegSlicerLib.jobs import FINAL_STATES, TRANSITIONS, JobState
+        from RegSegSlicerLib.registration import RegistrationJob, RegistrationRequest
 
     assert TRANSITIONS[JobState.IMPORTING] == {JobState.IDLE, JobState.FAILED}
     assert all(not TRANSITIONS[state] for state in FINAL_STATES)
     assert JobState.IMPORTING not in TRANSITIONS[JobState.STARTING]
-    with slicer_module_standins():
-        from RegSegSlicerLib.registration import RegistrationJob, RegistrationRequest
-
     states = []
     job = RegistrationJob(None, RegistrationRequest(None, None), python=sys.executable, env={}, on_state=states.append)
     with pytest.raises(RuntimeError, match="a job cannot go from idle to importing results"):
@@ -202,6 +194,148 @@ def test_state_machine_refuses_impossible_transitions():
     with pytest.raises(RuntimeError, match="a job cannot go from cancelled to running"):
         job._set_state(JobState.RUNNING)
     assert job.state is JobState.CANCELLED and states == [JobState.STARTING, JobState.CANCELLED]
+
+
+# ------------------------------------------------------------------------------------------------ the generic job
+
+STANDIN_CLI = """
+import pathlib, sys, time
+
+mode, source, output = sys.argv[1:]
+if mode == "upper":
+    print("PROGRESS 0.5000 reading", flush=True)
+    print("a log line", flush=True)
+    pathlib.Path(output).mkdir(parents=True)
+    (pathlib.Path(output) / "upper.txt").write_text(pathlib.Path(source).read_text().upper())
+    print("PROGRESS 1.0000 done", flush=True)
+elif mode == "fail":
+    print(f"regseg: error: {source}: is constant", file=sys.stderr)
+    sys.exit(2)
+elif mode == "nothing":
+    pathlib.Path(output).mkdir(parents=True)
+else:
+    print("PROGRESS 0.1000 waiting", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def text_job(tmp_path):
+    """A :class:`BackgroundJob` subclass whose child is a stand-in ``RegSegLib.cli`` (first on ``PYTHONPATH``).
+
+    Its request is ``(mode, text)``: the job writes ``text`` to a file named as the node ``'notes'``, and the
+    stand-in upper-cases it (``upper``), fails naming the file (``fail``), writes nothing (``nothing``) or waits.
+    """
+    package = tmp_path / "standin" / "RegSegLib"
+    (package / "cli").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "cli" / "__init__.py").write_text("")
+    (package / "cli" / "__main__.py").write_text(STANDIN_CLI)
+    with slicer_module_standins():
+        from RegSegSlicerLib import jobs
+
+    class TextJob(jobs.BackgroundJob):
+        what = "upper-casing"
+
+        def validate(self) -> None:
+            if not self.request[1]:
+                raise ValueError("Give some text.")
+
+        def export_inputs(self) -> dict[str, str]:
+            def write(path: str) -> str:
+                Path(path).write_text(self.request[1])
+                return path
+
+            return {"text": self.export_file("notes.txt", "text node 'notes'", write)}
+
+        def child_arguments(self, files: dict[str, str], output_dir: str) -> list[str]:
+            return [self.request[0], files["text"], output_dir]
+
+        def import_results(self, folder: Path) -> str:
+            return (folder / "upper.txt").read_text()
+
+    def make(mode: str, text: str = "hello", **options):
+        env = {**os.environ, "PYTHONPATH": str(tmp_path / "standin")}
+        return TextJob(None, (mode, text), python=sys.executable, env=env, work_root=str(tmp_path), **options)
+
+    make.jobs = jobs
+    return make
+
+
+def test_a_job_runs_the_cli_child_reports_progress_and_returns_the_imported_result(text_job, tmp_path):
+    JobState = text_job.jobs.JobState
+    states, progress, log = [], [], []
+    job = text_job("upper", on_state=states.append, on_progress=lambda f, m: progress.append((f, m)), on_log=log.append)
+    assert not job.finished
+    assert job.wait(0.02) == "HELLO" and job.outputs == "HELLO"
+    assert states == [JobState.STARTING, JobState.RUNNING, JobState.IMPORTING, JobState.IDLE] and job.finished
+    assert progress == [(0.5, "reading"), (1.0, "done")]
+    assert log[0] == f"running: {sys.executable} -m RegSegLib.cli upper {job.work_dir / 'notes.txt'} {job.work_dir / 'result'}"
+    assert "a log line" in log and log[-1].startswith("done in ")
+    assert not job.work_dir.exists()
+
+
+def test_a_job_keeps_the_result_folder_it_is_given(text_job, tmp_path):
+    job = text_job("upper", "kept", result_dir=str(tmp_path / "kept"))
+    assert job.wait(0.02) == "KEPT"
+    assert job.result_folder == tmp_path / "kept" and (tmp_path / "kept" / "upper.txt").read_text() == "KEPT"
+    assert not job.work_dir.exists()
+
+
+def test_a_failing_job_names_its_input_node_not_the_temporary_file(text_job):
+    jobs = text_job.jobs
+    log = []
+    job = text_job("fail", on_log=log.append)
+    with pytest.raises(jobs.JobError) as raised:
+        job.wait(0.02)
+    assert str(raised.value) == "regseg: error: text node 'notes': is constant" == job.error
+    assert job.state is jobs.JobState.FAILED and job.finished and job.poll()
+    assert log[-1] == "failed: regseg: error: text node 'notes': is constant"
+    assert not job.work_dir.exists()
+
+
+def test_a_result_that_cannot_be_loaded_fails_the_job(text_job):
+    jobs = text_job.jobs
+    job = text_job("nothing")
+    with pytest.raises(jobs.JobError, match=r"^the results could not be loaded: .*upper\.txt"):
+        job.wait(0.02)
+    assert job.state is jobs.JobState.FAILED and not job.work_dir.exists()
+
+
+def test_an_impossible_request_starts_nothing(text_job):
+    jobs = text_job.jobs
+    job = text_job("upper", "")
+    with pytest.raises(ValueError, match=r"^Give some text\.$"):
+        job.start()
+    assert (job.state, job.process, job.work_dir, job.finished) == (jobs.JobState.IDLE, None, None, False)
+
+
+def test_a_cancelled_job_ends_its_child_and_removes_its_files(text_job):
+    jobs = text_job.jobs
+    progress = []
+    job = text_job("wait", on_progress=lambda f, m: progress.append(f))
+    job.start()
+    deadline = time.monotonic() + 30
+    while not progress and time.monotonic() < deadline:
+        assert not job.poll()
+        time.sleep(0.02)
+    assert progress == [0.1] and job.state is jobs.JobState.RUNNING
+    job.cancel()
+    assert job.process.process.poll() is not None
+    assert job.state is jobs.JobState.CANCELLED and job.finished and not job.work_dir.exists()
+    with pytest.raises(jobs.JobCancelled, match=r"^the upper-casing was cancelled$"):
+        job.wait(0.02)
+
+
+def test_registration_errors_are_job_errors():
+    with slicer_module_standins():
+        from RegSegSlicerLib import jobs, registration
+
+    assert issubclass(registration.RegistrationJob, jobs.BackgroundJob)
+    assert registration.RegistrationJob.error_class is registration.RegistrationError
+    assert issubclass(registration.RegistrationError, jobs.JobError) and issubclass(jobs.JobError, RuntimeError)
+    assert registration.RegistrationJob.cancelled_class is registration.RegistrationCancelled
+    assert issubclass(registration.RegistrationCancelled, jobs.JobCancelled)
 
 
 # ------------------------------------------------------------------------------------------------ the runner
@@ -340,6 +474,49 @@ def test_the_installed_layout_finds_regseglib_beside_the_modules(tmp_path):
     assert completed.stdout.split() == [str(modules), str(modules)]
 
 
+IMPORT_PROBE = """
+import sys
+if {hide_installed}:  # as if RegSegLib were not installed in this Python (the venv has an editable install)
+    sys.meta_path[:] = [f for f in sys.meta_path if "Editable" not in getattr(f, "__name__", type(f).__name__)]
+import RegSegSlicerLib.registration
+import RegSegLib
+print(RegSegLib.__file__)
+print(RegSegSlicerLib.registration.settings.__file__)
+print(sorted(name for name in sys.modules if name == "torch" or name.startswith("torch.")))
+"""
+
+
+@pytest.mark.parametrize("situation", ["installed extension", "source checkout", "installed package"])
+def test_the_slicer_glue_imports_regseglib_settings_in_the_three_situations(tmp_path, situation):
+    """DESIGN.md section 1: RegSegLib beside the installed modules, in the checkout above RegSeg/, or pip-installed;
+    importing the glue (which validates requests with RegSegLib.registration.settings) never imports torch."""
+    import shutil
+    import subprocess
+
+    if situation == "installed extension":
+        modules = installed_extension(tmp_path)
+        expected = modules / "RegSegLib"
+    elif situation == "source checkout":
+        modules, expected = MODULE_FOLDER, REPOSITORY_ROOT / "RegSegLib"
+    else:  # the module files alone, no RegSegLib beside or above them: the installed distribution is used
+        modules = tmp_path / "alone" / "RegSeg"
+        for path in cmake_listed_files(MODULE_FOLDER / "CMakeLists.txt"):
+            (modules / path.relative_to(MODULE_FOLDER)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, modules / path.relative_to(MODULE_FOLDER))
+        expected = REPOSITORY_ROOT / "RegSegLib"
+    code = IMPORT_PROBE.format(hide_installed=situation != "installed package")
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(modules)},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [
+        str(expected / "__init__.py"),
+        str(expected / "registration" / "settings.py"),
+        "[]",
+    ]
+
+
 @pytest.mark.parametrize("layout", ["checkout", "installed"])
 def test_batch_script_registers_real_volumes_with_advanced_settings(tmp_path, shared_data, layout):
     """The batch script end to end on two prostate MR volumes (MRML from slicer-core, the child runs RegSegLib),
@@ -384,7 +561,8 @@ def test_batch_script_registers_real_volumes_with_advanced_settings(tmp_path, sh
     assert (warped.data - regseg_warped.data).abs().max() < 1e-3 * value_range
     assert (warped.data - moving.data).abs().mean() > 0.01 * value_range
     settings = json.loads((out / "regseg" / "metrics.json").read_text())["settings"]
-    assert settings["affine"] == {"levels": [2.0, 1.0], "iterations": [20, 10]}
+    affine = settings["affine"]
+    assert (settings["method"], affine["family"], affine["levels"], affine["iterations"]) == ("affine", "rigid", [2.0, 1.0], [20, 10])
 
 
 def test_batch_script_rejects_a_bad_advanced_list_with_status_2(tmp_path, shared_data):
@@ -413,6 +591,30 @@ def small_volume(name: str):
     node.SetName(name)
     slicer.util.updateVolumeFromArray(node, np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6))
     return node
+
+
+def test_grid_difference_is_regseglib_corner_distance_with_vtk_dimensions_reversed():
+    """VTK dimensions are (I, J, K), RegSegLib's shapes (K, J, I): a k spacing change moves the far corner by (K - 1) steps."""
+    from RegSegLib import geometry
+
+    with slicer_module_standins():
+        from RegSegSlicerLib import nodes
+
+    fixed = small_volume("fixed")
+    assert nodes.dimensions(fixed) == (6, 5, 4)
+    stretched = small_volume("stretched")
+    stretched.SetSpacing(1.0, 1.0, 1.1)
+    assert nodes.grid_difference_mm(fixed, stretched) == pytest.approx(3 * 0.1)  # (I - 1) * 0.1 = 0.5 if swapped
+    other = small_volume("other")
+    slicer.util.updateVolumeFromArray(other, slicer.util.arrayFromVolume(fixed).reshape(4, 6, 5).copy())
+    assert nodes.grid_difference_mm(fixed, other) == float("inf")
+    close = small_volume("close")
+    close.SetOrigin(0.5 * geometry.GRID_TOLERANCE_MM, 0.0, 0.0)
+    assert nodes.as_label_map(close, fixed, None, "fixed mask") is close
+    shifted = small_volume("shifted")
+    shifted.SetOrigin(0.0, 0.0, 2.0 * geometry.GRID_TOLERANCE_MM)
+    with pytest.raises(ValueError, match=r"^The fixed mask 'shifted' is not on the grid of 'fixed' \(corners differ by 0\.002 mm\)"):
+        nodes.as_label_map(shifted, fixed, None, "fixed mask")
 
 
 def test_advanced_settings_become_exactly_the_cli_options_and_defaults_none():
@@ -449,31 +651,68 @@ def test_advanced_settings_become_exactly_the_cli_options_and_defaults_none():
     assert (parsed.regularisation, parsed.preset, parsed.spacing) == (2.5, "large-motion", 3.0)
 
 
-def test_slicer_side_presets_and_pyramid_agree_with_the_cli():
-    from RegSegLib import cli
+def test_panel_and_batch_choices_are_the_settings_vocabulary_and_the_ui_lists_them():
+    """The panel's choices come from RegSegLib.registration.settings, and each bound combo box lists exactly them."""
+    import typing
+
+    from RegSegLib.registration import settings
 
     with slicer_module_standins():
-        from RegSegSlicerLib import registration
-
-    assert registration.DEFORMABLE_PRESETS == cli.DEFORMABLE_PRESETS
-    assert registration.DEFAULT_AFFINE_LEVELS == cli.DEFAULT_AFFINE_LEVELS
+        module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
+        script_parser = import_file(REPOSITORY_ROOT / "Scripts" / "slicer_register.py").build_parser()
+    annotations = typing.get_type_hints(module.RegSegRegistrationParameterNode, include_extras=True)
+    choices = {
+        name: next(a.choices for a in hint.__metadata__ if type(a).__name__ == "Choice")
+        for name, hint in annotations.items()
+        if hasattr(hint, "__metadata__") and any(type(a).__name__ == "Choice" for a in hint.__metadata__)
+    }
+    assert choices == {
+        "method": ["affine", "deformable"],
+        "transform_family": ["rigid", "similarity", "anisotropic", "affine"],
+        "metric": ["default", "lncc", "ncc", "mse", "mi", "mind"],
+        "device": ["auto", "cpu", "cuda"],
+        "preset": ["default", "large-motion"],
+    }
+    assert (choices["method"], choices["transform_family"]) == (list(settings.METHODS), list(settings.FAMILIES))
+    assert (choices["metric"][1:], choices["device"], choices["preset"]) == (list(settings.METRICS), list(settings.DEVICES), list(settings.PRESETS))
+    tree = ET.parse(MODULE_FOLDER / "Resources" / "UI" / "RegSegRegistration.ui")
+    listed = {}
+    for widget in tree.iter("widget"):
+        if widget.get("class") == "QComboBox":
+            name = next(p.find("string").text for p in widget.findall("property") if p.get("name") == "SlicerParameterName")
+            listed[name] = [item.find("property/string").text for item in widget.findall("item")]
+    assert listed == choices
+    # the batch script offers the same choices
+    parser_choices = {action.dest: list(action.choices) for action in script_parser._actions if action.choices}
+    assert parser_choices == {
+        "method": choices["method"],
+        "transform": choices["transform_family"],
+        "metric": choices["metric"][1:],
+        "device": choices["device"],
+        "preset": choices["preset"],
+    }
 
 
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"levels": [4, 0, 1]}, r"The pyramid levels must be positive numbers, got 4, 0, 1\."),
-        ({"levels": []}, r"The pyramid levels are empty"),
-        ({"iterations": [60, 20]}, r"one count per pyramid level: 3 levels, 2 counts"),
-        ({"levels": [2, 1], "iterations": [20, 10, 5]}, r"one count per pyramid level: 2 levels, 3 counts"),
-        ({"iterations": [60, 0, 10]}, r"The affine iterations must be positive whole numbers"),
-        ({"iterations": [60, 2.5, 10]}, r"The affine iterations must be positive whole numbers"),
-        ({"deformable_iterations": [12, -1]}, r"The deformable iterations must be non-negative whole numbers"),
-        ({"deformable_iterations": [12, 8, 4]}, r"take one or two counts .* got 3"),
-        ({"regularisation": 0.0}, r"The regularisation weight must be a positive number, got 0\.0\."),
-        ({"spacing_mm": -2.0}, r"The deformable spacing must be a positive number, got -2\.0\."),
-        ({"spacing_mm": float("nan")}, r"The deformable spacing must be a positive number"),
-        ({"preset": "huge-motion"}, r"Unknown deformable preset 'huge-motion'; choose one of default, large-motion\."),
+        ({"levels": [4, 0, 1]}, r"^Affine pyramid levels must be a positive number, got 0\.$"),
+        ({"levels": [], "iterations": [60, 20, 10]}, r"^Affine pyramid levels are empty\.$"),
+        ({"levels": [2, 1]}, r"^Affine iterations need one count per pyramid level: give them with the 2 levels \(2, 1\)\.$"),
+        ({"iterations": [60, 20]}, r"one count per pyramid level: 3 levels \(4\.0, 2\.0, 1\.0\), 2 counts \(60, 20\)\.$"),
+        ({"levels": [2, 1], "iterations": [20, 10, 5]}, r"one count per pyramid level: 2 levels \(2\.0, 1\.0\), 3 counts \(20, 10, 5\)\.$"),
+        ({"iterations": [60, -1, 10]}, r"^Affine iterations must be a non-negative whole number, got -1\.$"),
+        ({"iterations": [60, 2.5, 10]}, r"^Affine iterations must be a non-negative whole number, got 2\.5\.$"),
+        ({"deformable_iterations": [12, -1]}, r"^Deformable iterations must be a non-negative whole number, got -1\.$"),
+        ({"deformable_iterations": [12, 8, 4]}, r"^Deformable iterations take one or two counts .* got 3\.$"),
+        ({"regularisation": 0.0}, r"^Regularisation weight must be a positive number, got 0\.0\.$"),
+        ({"spacing_mm": -2.0}, r"^Deformable spacing must be a positive number, got -2\.0\.$"),
+        ({"spacing_mm": float("nan")}, r"^Deformable spacing must be a positive number, got nan\.$"),
+        ({"preset": "huge-motion"}, r"^Unknown deformable preset 'huge-motion'; choose one of default, large-motion\.$"),
+        ({"method": "elastic"}, r"^Unknown method 'elastic'; choose one of affine, deformable\.$"),
+        ({"transform_family": "shear"}, r"^Unknown transform family 'shear'; choose one of rigid, similarity, anisotropic, affine\.$"),
+        ({"metric": "ssd"}, r"^Unknown similarity metric 'ssd'; choose one of lncc, ncc, mse, mi, mind\.$"),
+        ({"device": "gpu"}, r"^Unknown device 'gpu'; choose one of auto, cpu, cuda\.$"),
     ],
 )
 def test_bad_advanced_settings_are_readable_value_errors(settings, message):

@@ -8,12 +8,16 @@ Nothing here contains an algorithm; the work is done by RegSegLib in a child pro
   batch use and tests.
 * :mod:`RegSegSlicerLib.nodes`: MRML nodes to files and back (volumes, label maps, segmentations,
   transforms, tables), using only MRML classes and storage nodes.
-* :mod:`RegSegSlicerLib.registration`: one registration job: export the inputs, run ``regseg register``,
-  load the results into the chosen output nodes; its state machine.
+* :mod:`RegSegSlicerLib.jobs`: the generic background job every panel runs (state machine, temporary folder,
+  child process, cancellation, failures naming nodes instead of temporary files); a panel implements four hooks.
+* :mod:`RegSegSlicerLib.registration`: the registration job: the request (validated by RegSegLib's torch-free
+  :mod:`RegSegLib.registration.settings`), the ``regseg register`` command line, the export of volumes, masks,
+  labels and the initial transform, and the import of the results into the chosen output nodes.
 * :mod:`RegSegSlicerLib.dependencies`: torch through the PyTorch extension and the other Python
   packages, installed on first use with confirmation.
 * :mod:`RegSegSlicerLib.paths`: where RegSegLib lives (installed beside the modules, or a source
   checkout) and which Python runs it.
 
-Importing this package imports neither Qt, nor VTK, nor torch.
+Importing this package imports neither Qt, nor VTK, nor torch (``nodes`` and ``registration`` import RegSegLib's
+torch-free ``geometry`` and ``registration.settings``, found by :func:`RegSegSlicerLib.paths.ensure_regseglib_importable`).
 """

@@ -1,4 +1,4 @@
-"""MRML nodes to files and back, with MRML classes and storage nodes only (no Qt, no ``slicer.app``).
+"""MRML nodes to files and back, with MRML classes and storage nodes only (no Qt, no ``slicer.app``, no torch).
 
 Works in the Slicer application and with the ``slicer-core`` package (real MRML classes without Qt).
 Files carry the geometry: a volume node's IJK-to-RAS matrix goes through NRRD exactly, transform files
@@ -14,8 +14,13 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-GEOMETRY_TOLERANCE_MM = 1e-3
-"""Grids whose voxel corners differ by less than this are the same grid (RegSegLib's own tolerance)."""
+import numpy as np
+
+from RegSegSlicerLib.paths import ensure_regseglib_importable
+
+ensure_regseglib_importable()
+
+from RegSegLib import geometry  # noqa: E402  (numpy-only, no torch)
 
 
 def _slicer():
@@ -49,17 +54,14 @@ def dimensions(node) -> tuple[int, int, int]:
 
 
 def grid_difference_mm(a, b) -> float:
-    """Largest distance (mm) between corresponding voxel-grid corners of two volume nodes; inf if sizes differ."""
-    if dimensions(a) != dimensions(b):
-        return float("inf")
-    ma, mb = ijk_to_ras(a), ijk_to_ras(b)
-    size = dimensions(a)
-    worst = 0.0
-    for corner in ((0, 0, 0), (size[0] - 1, 0, 0), (0, size[1] - 1, 0), (0, 0, size[2] - 1), tuple(n - 1 for n in size)):
-        pa = [sum(ma[r][c] * corner[c] for c in range(3)) + ma[r][3] for r in range(3)]
-        pb = [sum(mb[r][c] * corner[c] for c in range(3)) + mb[r][3] for r in range(3)]
-        worst = max(worst, sum((x - y) ** 2 for x, y in zip(pa, pb)) ** 0.5)
-    return worst
+    """Largest distance (mm) between corresponding corner voxel centres of two volume nodes; inf if sizes differ.
+
+    RegSegLib's one definition (:func:`RegSegLib.geometry.corner_distance_mm`); grids closer than
+    :data:`RegSegLib.geometry.GRID_TOLERANCE_MM` are the same grid.
+    """
+    return geometry.corner_distance_mm(
+        np.array(ijk_to_ras(a)), dimensions(a)[::-1], np.array(ijk_to_ras(b)), dimensions(b)[::-1]
+    )
 
 
 def node_label(node) -> str:
@@ -269,10 +271,10 @@ def segmentation_to_label_map(segmentation_node, reference_volume, ids: Sequence
         id_array.InsertNextValue(segment_id)
         value_array.InsertNextValue(int(value))
     segmentation_node = with_binary_labelmaps(segmentation_node)
-    geometry = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(reference_volume)
+    reference_geometry = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(reference_volume)
     merged = slicer.vtkOrientedImageData()
     ok = segmentation_node.GenerateMergedLabelmapForAllSegments(
-        merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, geometry, id_array, value_array
+        merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, reference_geometry, id_array, value_array
     )
     if not ok:
         raise ValueError(
@@ -310,7 +312,7 @@ def as_label_map(node, reference_volume, segments: Sequence[str] | None, role: s
         return segmentation_to_label_map(node, reference_volume, segment_ids(node, segments))
     if node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLScalarVolumeNode"):
         difference = grid_difference_mm(node, reference_volume)
-        if difference > GEOMETRY_TOLERANCE_MM:
+        if difference > geometry.GRID_TOLERANCE_MM:
             raise ValueError(
                 f"The {role} {node_label(node)} is not on the grid of {node_label(reference_volume)} "
                 f"(corners differ by {difference:.3g} mm); use a segmentation node, or resample the label map "

@@ -73,8 +73,8 @@ def failure_message(stderr_lines: Sequence[str], returncode: int) -> str:
     if lines:
         return lines[-1]
     if returncode < 0:
-        return f"the registration process was killed by signal {-returncode}"
-    return f"the registration process ended with exit code {returncode} without a message"
+        return f"the RegSeg process was killed by signal {-returncode}"
+    return f"the RegSeg process ended with exit code {returncode} without a message"
 
 
 class ChildProcess:
