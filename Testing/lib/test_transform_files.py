@@ -22,7 +22,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_ijk_to_ras, rotation_about
+from geometry_cases import make_ijk_to_ras, rotation_about
 from slicer_standins import MODULE_FOLDER, import_file, require_mrml
 from RegSegLib import geometry
 from RegSegLib.errors import InputError

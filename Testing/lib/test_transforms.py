@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_ijk_to_ras, rotation_about
+from geometry_cases import make_ijk_to_ras, rotation_about
 from RegSegLib import geometry
 from RegSegLib.transforms import (
     AffineTransform,

@@ -19,7 +19,7 @@ import unittest
 from pathlib import Path
 from typing import Iterator
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 MODULE_FOLDER = REPOSITORY_ROOT / "RegSeg"
 
 

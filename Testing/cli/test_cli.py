@@ -27,7 +27,7 @@ from RegSegLib.transforms import AffineTransform
 SHIFT = np.array([6.0, -4.0, 3.0])
 SIZE = 32
 SPACING = 2.5
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST_RIGID = ["--transform", "rigid", "--metric", "mse", "--device", "cpu"]
 
 
@@ -413,6 +413,26 @@ def test_evaluate_cubes_and_landmarks(tmp_path, capsys):
     assert results["landmarks_before"]["mean"] == pytest.approx(5.0, abs=1e-5)
     assert results["landmarks"]["max"] == pytest.approx(0.0, abs=1e-4)
     assert results["landmarks"]["count"] == 20
+
+
+def test_a_new_command_is_one_file(tmp_path, monkeypatch, capsys):
+    """``regseg`` finds its commands by file: a module with COMMAND, add_arguments and run becomes a command."""
+    import RegSegLib.cli
+
+    (tmp_path / "greet.py").write_text(
+        "COMMAND = 'greet'\nORDER = 99\nHELP = 'say hello'\nDESCRIPTION = 'Says hello.'\n"
+        "def add_arguments(parser):\n    parser.add_argument('--name', default='world')\n"
+        "def run(args, report):\n    report(1.0, 'done')\n    print('hello', args.name)\n    return 0\n"
+    )
+    from RegSegLib.cli.main import commands
+
+    monkeypatch.setattr(RegSegLib.cli, "__path__", [*RegSegLib.cli.__path__, str(tmp_path)])
+    # the imported command is removed again when the test ends
+    monkeypatch.delitem(sys.modules, "RegSegLib.cli.greet", raising=False)
+    monkeypatch.delattr(RegSegLib.cli, "greet", raising=False)
+    assert cli.main(["greet", "--name", "Slicer", "--progress", "none"]) == 0
+    assert capsys.readouterr().out == "hello Slicer\n"
+    assert [module.COMMAND for module in commands()] == ["register", "apply", "evaluate", "greet"]
 
 
 def test_cli_choices_and_defaults_come_from_the_settings():

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from conftest import GEOMETRY_KINDS, make_ijk_to_ras, rotation_about
+from geometry_cases import GEOMETRY_KINDS, make_ijk_to_ras, rotation_about
 from RegSegLib import geometry
 from RegSegLib.transforms import affine_params
 from RegSegLib.transforms import AffineTransform, resample

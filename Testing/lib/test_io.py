@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import make_ijk_to_ras
+from geometry_cases import make_ijk_to_ras
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
 from RegSegLib.io.landmarks import read_landmarks, write_landmarks_json

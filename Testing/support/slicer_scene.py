@@ -13,7 +13,7 @@ import numpy as np
 import slicer
 import vtk
 
-from conftest import rotation_about
+from geometry_cases import rotation_about
 from RegSegLib import geometry
 from slicer_standins import register_segmentation_converters
 

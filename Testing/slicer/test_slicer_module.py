@@ -36,7 +36,7 @@ def test_every_module_file_imports_without_torch(path):
     code = textwrap.dedent(
         f"""
         import sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).parents[1] / "support")!r})
         from slicer_standins import import_file, slicer_module_standins
         with slicer_module_standins():
             module = import_file(__import__("pathlib").Path({str(path)!r}))
