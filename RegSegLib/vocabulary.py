@@ -28,8 +28,3 @@ MULTI_MODAL_METRICS: tuple[str, ...] = ("mi", "mind")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """Device choices: ``auto`` is CUDA when available, else CPU."""
 
-
-def check_choice(value: object, allowed, what: str) -> None:
-    """Raises ``ValueError`` naming ``what`` and the allowed values unless ``value`` is one of them."""
-    if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")

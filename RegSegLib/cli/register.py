@@ -96,22 +96,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto")
 
 
-def settings_of(args: argparse.Namespace) -> RegistrationSettings:
-    """The registration settings the options ask for (raises :class:`SettingsError`)."""
-    return RegistrationSettings.create(
-        args.method,
-        args.transform,
-        args.metric,
-        diffeomorphic=args.diffeomorphic,
-        levels=args.levels,
-        iterations=args.iterations,
-        deformable_iterations=args.deformable_iterations,
-        regularisation=args.regularisation,
-        preset=args.preset,
-        spacing=args.spacing,
-    )
-
-
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Option combinations and settings, checked before any file is read."""
     if bool(args.fixed_labels) != bool(args.moving_labels):
@@ -119,7 +103,7 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.labels and not args.fixed_labels:
         parser.error("--labels needs --fixed-labels and --moving-labels")
     try:
-        args.settings = settings_of(args)
+        args.settings = RegistrationSettings.from_attributes(args, family="transform")
     except SettingsError as exc:
         parser.error(str(exc))
 

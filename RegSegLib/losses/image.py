@@ -35,7 +35,8 @@ from RegSegLib.losses.reduction import EPS, check_pair, mask_weights, weighted_m
 from RegSegLib.losses.segmentation import DiceLoss, dice
 from RegSegLib.ops.filters import box_mean
 from RegSegLib.ops.mind import mind_ssc
-from RegSegLib.vocabulary import METRICS, check_choice
+from RegSegLib.validation import check_choice
+from RegSegLib.vocabulary import METRICS
 
 
 LNCC_EPS = 1e-5

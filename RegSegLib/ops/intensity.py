@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-MAX_QUANTILE_SAMPLES: int = 1_000_000
+MAX_QUANTILE_SAMPLES: int = 500_000
 """Quantiles are estimated on a regular subset of at most about this many voxels."""
 
 

@@ -8,13 +8,18 @@ and a :class:`~RegSegLib.errors.RegSegError`) before any work starts, with the s
 
 from __future__ import annotations
 
-import math
-import numbers
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from RegSegLib import vocabulary
-from RegSegLib.errors import RegSegError
+from RegSegLib.validation import (
+    Overridable,
+    SettingsError,
+    check_choice,
+    check_counts,
+    check_positive,
+    is_number,
+)
 
 METHODS: tuple[str, ...] = ("affine", "deformable")
 """``affine``, or ``deformable`` (an affine stage, then a dense displacement field)."""
@@ -31,58 +36,8 @@ DEFAULT_DEFORMABLE_SIMILARITY = "lncc"
 PENALTIES: tuple[str, ...] = ("diffusion", "bending")
 
 
-class SettingsError(RegSegError, ValueError):
-    """A setting with a value the methods do not accept."""
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _choice(value: Any, allowed: Sequence[str], what: str) -> None:
-    if value not in allowed:
-        raise SettingsError(f"unknown {what} {value!r}; choose one of {', '.join(allowed)}")
-
-
-def _positive(value: Any, what: str, *, integer: bool = False, zero_allowed: bool = False) -> None:
-    """Raises :class:`SettingsError` unless ``value`` is a finite positive (or zero) number (whole if ``integer``)."""
-    ok = _is_number(value) and math.isfinite(value) and (not integer or float(value).is_integer())
-    if not ok or value < 0 or (value == 0 and not zero_allowed):
-        sign = "non-negative" if zero_allowed else "positive"
-        noun = "whole number" if integer else "number"
-        raise SettingsError(f"{what} must be a {sign} {noun}, got {value!r}")
-
-
-def _counts(values: Sequence[Any], what: str, *, integer: bool, zero_allowed: bool = False) -> tuple:
-    """``values`` as a non-empty tuple of finite positive (or zero) numbers."""
-    values = tuple(values)
-    if not values:
-        raise SettingsError(f"{what} are empty")
-    for value in values:
-        _positive(value, what, integer=integer, zero_allowed=zero_allowed)
-    return tuple(int(v) for v in values) if integer else tuple(float(v) for v in values)
-
-
-class _Overridable:
-    """Settings that can be copied with some fields changed, unknown names refused."""
-
-    WHAT = "registration"
-
-    def overridden(self, **options: Any):
-        """A copy with some fields changed (validated again).
-
-        Raises:
-            SettingsError: an unknown field or a bad value.
-        """
-        names = {f.name for f in fields(self)}  # type: ignore[arg-type]
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise SettingsError(f"unknown {self.WHAT} setting(s) {unknown}; known: {sorted(names)}")
-        return replace(self, **options) if options else self  # type: ignore[type-var]
-
-
 @dataclass(frozen=True)
-class AffineSettings(_Overridable):
+class AffineSettings(Overridable):
     """The affine engine's settings (:func:`~RegSegLib.registration.affine.register_affine`).
 
     Attributes:
@@ -117,22 +72,22 @@ class AffineSettings(_Overridable):
     WHAT = "affine"
 
     def __post_init__(self) -> None:
-        _choice(self.family, FAMILIES, "transform family")
-        _choice(self.metric, METRICS, "affine similarity metric")
+        check_choice(self.family, FAMILIES, "transform family")
+        check_choice(self.metric, METRICS, "affine similarity metric")
         if self.init is not None:
-            _choice(self.init, INITIALISATIONS, "initialisation")
-        object.__setattr__(self, "levels", _counts(self.levels, "affine pyramid levels", integer=False))
-        object.__setattr__(self, "iterations", _counts(self.iterations, "affine iterations", integer=True, zero_allowed=True))
+            check_choice(self.init, INITIALISATIONS, "initialisation")
+        object.__setattr__(self, "levels", check_counts(self.levels, "affine pyramid levels", integer=False))
+        object.__setattr__(self, "iterations", check_counts(self.iterations, "affine iterations", integer=True, zero_allowed=True))
         if len(self.iterations) != len(self.levels):
             raise SettingsError(
                 f"affine iterations need one count per pyramid level: {len(self.levels)} levels "
                 f"{self.levels}, {len(self.iterations)} counts {self.iterations}"
             )
         if self.spacing is not None:
-            _positive(self.spacing, "affine working spacing")
-        _positive(self.learning_rate, "affine learning rate")
+            check_positive(self.spacing, "affine working spacing")
+        check_positive(self.learning_rate, "affine learning rate")
         for value, what in ((self.window, "local NCC window"), (self.num_bins, "histogram bins"), (self.max_samples, "samples")):
-            _positive(value, what, integer=True)
+            check_positive(value, what, integer=True)
         if self.window % 2 == 0:
             raise SettingsError(f"local NCC window must be odd, got {self.window}")
 
@@ -160,7 +115,7 @@ class CoarseLevel:
 
     def __post_init__(self) -> None:
         for value, what in ((self.step, "search step"), (self.radius, "search radius"), (self.quantisation, "quantisation")):
-            _positive(value, what, integer=True)
+            check_positive(value, what, integer=True)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -178,7 +133,7 @@ breathing at 2 mm)."""
 
 
 @dataclass(frozen=True)
-class DeformableSettings(_Overridable):
+class DeformableSettings(Overridable):
     """The deformable engine's settings (:func:`~RegSegLib.registration.deformable.register_deformable`).
 
     Attributes:
@@ -239,24 +194,24 @@ class DeformableSettings(_Overridable):
     WHAT = "deformable"
 
     def __post_init__(self) -> None:
-        _choice(self.method, DEFORMABLE_METHODS, "deformable method")
-        _choice(self.similarity, DEFORMABLE_SIMILARITIES, "deformable similarity")
-        _choice(self.penalty, PENALTIES, "smoothness penalty")
+        check_choice(self.method, DEFORMABLE_METHODS, "deformable method")
+        check_choice(self.similarity, DEFORMABLE_SIMILARITIES, "deformable similarity")
+        check_choice(self.penalty, PENALTIES, "smoothness penalty")
         if self.spacing_mm is not None:
-            _positive(self.spacing_mm, "deformable spacing")
+            check_positive(self.spacing_mm, "deformable spacing")
         levels = tuple(level if isinstance(level, CoarseLevel) else CoarseLevel(*level) for level in self.coarse_levels)
         object.__setattr__(self, "coarse_levels", levels)
-        object.__setattr__(self, "coupling", _counts(self.coupling, "coupling weights", integer=False))
-        object.__setattr__(self, "pyramid", _counts(self.pyramid, "grid pyramid factors", integer=True))
+        object.__setattr__(self, "coupling", check_counts(self.coupling, "coupling weights", integer=False))
+        object.__setattr__(self, "pyramid", check_counts(self.pyramid, "grid pyramid factors", integer=True))
         for name in ("search_shrink", "adam_step", "control_step", "lncc_window", "integration_steps", "mind_radius", "mind_dilation"):
-            _positive(getattr(self, name), name.replace("_", " "), integer=True)
+            check_positive(getattr(self, name), name.replace("_", " "), integer=True)
         for name in ("adam_iterations", "fine_iterations", "cost_smoothing", "adam_smoothing", "inverse_iterations"):
-            _positive(getattr(self, name), name.replace("_", " "), integer=True, zero_allowed=True)
-        _positive(self.adam_lr, "deformable learning rate")
-        _positive(self.regularisation, "regularisation weight")
-        _positive(self.presmooth_vox, "pre-smoothing", zero_allowed=True)
+            check_positive(getattr(self, name), name.replace("_", " "), integer=True, zero_allowed=True)
+        check_positive(self.adam_lr, "deformable learning rate")
+        check_positive(self.regularisation, "regularisation weight")
+        check_positive(self.presmooth_vox, "pre-smoothing", zero_allowed=True)
         low, high = self.percentiles
-        if not (_is_number(low) and _is_number(high) and 0.0 <= low < high <= 100.0):
+        if not (is_number(low) and is_number(high) and 0.0 <= low < high <= 100.0):
             raise SettingsError(f"intensity percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
 
     @classmethod
@@ -266,7 +221,7 @@ class DeformableSettings(_Overridable):
         Raises:
             SettingsError: unknown preset, unknown field or a bad value.
         """
-        _choice(preset, tuple(PRESETS), "deformable preset")
+        check_choice(preset, tuple(PRESETS), "deformable preset")
         return cls().overridden(**{**PRESETS[preset], **overrides})
 
 
@@ -290,9 +245,9 @@ class RegistrationSettings:
     deformable: DeformableSettings | None = None
 
     def __post_init__(self) -> None:
-        _choice(self.method, METHODS, "method")
+        check_choice(self.method, METHODS, "method")
         if self.metric is not None:
-            _choice(self.metric, METRICS, "similarity metric")
+            check_choice(self.metric, METRICS, "similarity metric")
         if self.method == "deformable" and self.deformable is None:
             raise SettingsError("a deformable registration needs deformable settings")
 
@@ -329,15 +284,15 @@ class RegistrationSettings:
         Raises:
             SettingsError: a bad value, with a message naming it.
         """
-        _choice(method, METHODS, "method")
-        _choice(preset, tuple(PRESETS), "deformable preset")
+        check_choice(method, METHODS, "method")
+        check_choice(preset, tuple(PRESETS), "deformable preset")
         if metric is not None:
-            _choice(metric, METRICS, "similarity metric")
+            check_choice(metric, METRICS, "similarity metric")
         affine_options: dict[str, Any] = {"family": family}
         if metric is not None:
             affine_options["metric"] = metric
         if levels is not None:
-            affine_options["levels"] = _counts(levels, "affine pyramid levels", integer=False)
+            affine_options["levels"] = check_counts(levels, "affine pyramid levels", integer=False)
             if iterations is None:
                 default = AffineSettings()
                 if len(affine_options["levels"]) != len(default.levels):
@@ -352,7 +307,7 @@ class RegistrationSettings:
         if metric is not None:
             deformable_options["similarity"] = DEFORMABLE_SIMILARITY_FOR.get(metric, metric)
         if deformable_iterations is not None:
-            counts = _counts(deformable_iterations, "deformable iterations", integer=True, zero_allowed=True)
+            counts = check_counts(deformable_iterations, "deformable iterations", integer=True, zero_allowed=True)
             if len(counts) > 2:
                 raise SettingsError(
                     f"deformable iterations take one or two counts (control grid, then full resolution), got {len(counts)}"
@@ -373,6 +328,20 @@ class RegistrationSettings:
             deformable=deformable if method == "deformable" else None,
         )
 
+    @classmethod
+    def from_attributes(cls, source: Any, **renamed: str) -> "RegistrationSettings":
+        """:meth:`create` with the options read from ``source``'s attributes (a parsed command line, a request).
+
+        Args:
+            source: has an attribute per option of :data:`USER_OPTIONS` (or the name given in ``renamed``).
+            **renamed: option -> attribute name where ``source`` names it differently.
+
+        Raises:
+            SettingsError: a bad value, with a message naming it.
+        """
+        values = {option: getattr(source, renamed.get(option, option)) for option in USER_OPTIONS}
+        return cls.create(**values)
+
     @property
     def report_metric(self) -> str:
         """The measure of the before/after similarity report."""
@@ -383,3 +352,19 @@ class RegistrationSettings:
         content = asdict(self)
         content["affine"]["init"] = self.affine.resolved_init
         return content
+
+
+USER_OPTIONS: tuple[str, ...] = (
+    "method",
+    "family",
+    "metric",
+    "diffeomorphic",
+    "levels",
+    "iterations",
+    "deformable_iterations",
+    "regularisation",
+    "preset",
+    "spacing",
+)
+"""The options a user sets (:meth:`RegistrationSettings.create`): the command line, the Slicer request and the
+batch script offer exactly these."""

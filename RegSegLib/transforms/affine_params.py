@@ -29,7 +29,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from RegSegLib.vocabulary import FAMILIES, check_choice
+from RegSegLib.validation import check_choice
+from RegSegLib.vocabulary import FAMILIES
 
 
 def num_parameters(family: str) -> int:
