@@ -8,8 +8,9 @@
 
 Writes ``D/transform.h5`` (the output transform node: fixed -> moving, "transform from parent"),
 ``D/warped.nrrd`` (the moving volume on the fixed grid) and keeps RegSeg's own result folder in
-``D/regseg`` (``metrics.json``, ``qc.png``, ...). Exit codes: 0 success, 1 registration failed, 2 bad
-arguments or inputs. In an installed extension the script lies in
+``D/regseg`` (``metrics.json``, ``qc.png``, ...). Exit codes: 0 success, 1 registration failed or an internal
+error (one line on stderr), 2 bad arguments or inputs. Every path ends the process with its code: ``Slicer
+--python-script`` itself never exits. In an installed extension the script lies in
 ``<extension>/lib/Slicer-X.Y/qt-scripted-modules/Scripts/``. Also runs with plain Python when the
 ``slicer-core`` package provides the MRML classes.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 SCRIPT_FOLDER = Path(__file__).resolve().parent
@@ -71,21 +73,21 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 
 def module_logic():
-    """RegSegRegistrationLogic: from the loaded module in Slicer, else imported from this checkout.
+    """A new RegSegRegistrationLogic inside the Slicer application, ``None`` outside it (no Qt).
 
-    Returns ``None`` outside the Slicer application (no Qt): the caller then runs the same
-    :class:`RegSegSlicerLib.registration.RegistrationJob` the Logic runs.
+    The Logic class is instantiated directly (``slicer.util.getModuleLogic`` would build the module's whole
+    panel to reach it): from the module Slicer loaded, else imported from the module folder. Outside the
+    application the caller runs the same :class:`RegSegSlicerLib.registration.RegistrationJob` the Logic runs.
     """
     import slicer
 
-    modules = getattr(slicer, "modules", None)
-    if modules is not None and hasattr(modules, "regsegregistration"):
-        return slicer.util.getModuleLogic("RegSegRegistration")
     if getattr(slicer, "app", None) is None:
         return None
-    from RegSegRegistration import RegSegRegistrationLogic
-
-    return RegSegRegistrationLogic()
+    module = sys.modules.get("RegSegRegistration")  # Slicer registers each scripted module it loads there
+    if module is None:
+        make_modules_importable()
+        import RegSegRegistration as module
+    return module.RegSegRegistrationLogic()
 
 
 def register(logic, scene, fixed, moving, **options):
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     scene = slicer.mrmlScene
     make_modules_importable()
     from RegSegSlicerLib import nodes
+    from RegSegSlicerLib.dependencies import DependencyError
     from RegSegSlicerLib.registration import RegistrationError, parse_number_list
 
     for path in (args.fixed, args.moving):
@@ -132,7 +135,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"slicer_register: error: {exc}", file=sys.stderr)
         return 2
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or exc
+        print(f"slicer_register: error: {output_dir}: cannot create the output folder ({reason})", file=sys.stderr)
+        return 2
     logic = module_logic()
     try:
         if args.install_dependencies and logic is not None:
@@ -155,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"slicer_register: error: {exc}", file=sys.stderr)
         return 2
-    except RegistrationError as exc:
+    except (RegistrationError, DependencyError) as exc:
         print(f"slicer_register: error: {exc}", file=sys.stderr)
         return 1
     nodes.write_transform_node(outputs.transform_node, output_dir / "transform.h5")
@@ -164,10 +172,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def main(argv: list[str]) -> int:
+    """Runs the script; returns its exit code whatever happens (argparse's own exits and internal errors too).
+
+    Bad arguments or inputs give 2; anything unexpected gives 1 with one line on stderr (the traceback goes to
+    stdout, the log).
+    """
+    try:
+        return run(parse_arguments(argv))
+    except SystemExit as exc:  # argparse: --help (0), or arguments it refused (2; it printed why)
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
+    except Exception as exc:  # noqa: BLE001 -- a batch job must end with a status, whatever failed
+        traceback.print_exc(file=sys.stdout)
+        print(f"slicer_register: internal error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
 def exit_with(code: int) -> None:
     """Ends the process: ``slicer.util.exit`` inside the Slicer application, ``sys.exit`` elsewhere."""
-    import slicer
-
+    slicer = sys.modules.get("slicer")
+    sys.stdout.flush()
+    sys.stderr.flush()
     if getattr(slicer, "app", None) is not None:
         slicer.util.exit(code)
     else:
@@ -175,9 +200,8 @@ def exit_with(code: int) -> None:
 
 
 if __name__ == "__main__":
+    status = 1
     try:
-        arguments = parse_arguments(sys.argv[1:])
-    except SystemExit as exc:
-        exit_with(int(exc.code or 0))
-    else:
-        exit_with(run(arguments))
+        status = main(sys.argv[1:])
+    finally:  # even on KeyboardInterrupt or SystemExit from deep inside: Slicer would otherwise stay alive
+        exit_with(status)

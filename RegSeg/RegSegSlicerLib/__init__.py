@@ -13,11 +13,14 @@ Nothing here contains an algorithm; the work is done by RegSegLib in a child pro
 * :mod:`RegSegSlicerLib.registration`: the registration job: the request (validated by RegSegLib's torch-free
   :mod:`RegSegLib.registration.settings`), the ``regseg register`` command line, the export of volumes, masks,
   labels and the initial transform, and the import of the results into the chosen output nodes.
+* :mod:`RegSegSlicerLib.model_store`: the model section of a panel: the models of its task (RegSegLib's torch-free
+  :mod:`RegSegLib.models` store), import of a model file for offline sites, licence and metrics of a model.
 * :mod:`RegSegSlicerLib.dependencies`: torch through the PyTorch extension and the other Python
   packages, installed on first use with confirmation.
 * :mod:`RegSegSlicerLib.paths`: where RegSegLib lives (installed beside the modules, or a source
   checkout) and which Python runs it.
 
-Importing this package imports neither Qt, nor VTK, nor torch (``nodes`` and ``registration`` import RegSegLib's
-torch-free ``geometry`` and ``registration.settings``, found by :func:`RegSegSlicerLib.paths.ensure_regseglib_importable`).
+Importing this package imports neither Qt, nor VTK, nor torch (``nodes``, ``registration`` and ``model_store`` import
+RegSegLib's torch-free ``geometry``, ``registration.settings`` and ``models``, found by
+:func:`RegSegSlicerLib.paths.ensure_regseglib_importable`).
 """

@@ -2,11 +2,11 @@
 
 * torch comes from the PyTorch extension (``PyTorchUtils``), which picks the right CPU/CUDA build.
 * The other packages are listed in ``Resources/requirements.txt`` with ``>=`` bounds. Slicer 5.12+ installs
-  them with ``pip_ensure`` of its package module (``slicer.packaging``, named ``slicer.pydeps`` when it first
-  appeared): its own check, prompt, progress and restart offer. Older versions install them after a
-  confirmation dialog with ``slicer.util.pip_install``.
+  them with ``slicer.packaging.pip_ensure`` (its own check, prompt, progress and restart offer, each switched
+  off in batch use); Slicer 5.10 installs them after RegSeg's own confirmation with ``slicer.util.pip_install``.
 
-Checks use package metadata only: nothing here imports torch.
+Requirements are read and compared with the ``packaging`` library (bundled with Slicer's Python), against
+package metadata only: nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -14,20 +14,21 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import inspect
-import re
 import subprocess
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, Sequence
+
+from packaging.requirements import Requirement
+from packaging.version import InvalidVersion, Version
 
 from RegSegSlicerLib.paths import MODULE_FOLDER
 
 REQUIREMENTS_FILE = MODULE_FOLDER / "Resources" / "requirements.txt"
 TORCH_REQUIREMENT = "torch>=2.2"
 REQUESTER = "RegSeg"
-PACKAGE_MODULES = ("slicer.packaging", "slicer.pydeps")
-"""Slicer's package modules with ``pip_ensure``, newest name first."""
+PACKAGE_MODULE = "slicer.packaging"
+"""Slicer's package module with ``pip_ensure`` and ``load_requirements`` (Slicer 5.12 and later)."""
 
 
 class DependencyError(RuntimeError):
@@ -35,57 +36,40 @@ class DependencyError(RuntimeError):
 
 
 def read_requirements(path: str | Path = REQUIREMENTS_FILE) -> list[str]:
-    """Requirement lines of a requirements file (comments and blank lines dropped)."""
+    """Requirement lines of a requirements file (comments, blank lines and pip options such as ``-c`` dropped)."""
     lines = []
     for raw in Path(path).read_text(encoding="utf-8").splitlines():
         line = raw.split("#", 1)[0].strip()
-        if line:
+        if line and not line.startswith("-"):
             lines.append(line)
     return lines
-
-
-def _version_tuple(text: str) -> tuple[int, ...]:
-    numbers = []
-    for part in text.split("."):
-        match = re.match(r"\d+", part)
-        if match is None:
-            break
-        numbers.append(int(match.group()))
-    return tuple(numbers)
-
-
-def parse_requirement(requirement: str) -> tuple[str, str | None]:
-    """``(name, minimum version or None)`` of ``name`` or ``name>=version``.
-
-    Raises:
-        ValueError: another specifier (RegSeg's files use ``>=`` bounds only).
-    """
-    match = re.fullmatch(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:>=\s*([0-9][0-9A-Za-z.]*))?\s*", requirement)
-    if match is None:
-        raise ValueError(f"unsupported requirement {requirement!r}; use 'name' or 'name>=version'")
-    return match.group(1), match.group(2)
 
 
 def missing_requirements(
     requirements: Sequence[str], version_of: Callable[[str], str] = importlib.metadata.version
 ) -> list[str]:
-    """The requirements that are not installed, or installed in a version below the bound.
+    """The requirements that apply to this Python and are not installed in a version they accept.
 
     Args:
-        requirements: ``name`` or ``name>=version`` strings.
+        requirements: requirement strings as pip reads them (``name>=version``, ranges, extras, markers).
         version_of: installed version of a distribution (raises ``PackageNotFoundError`` when absent).
+
+    Raises:
+        packaging.requirements.InvalidRequirement: a string that is not a requirement (a ``ValueError``).
     """
     importlib.invalidate_caches()  # a pip run in another process may have changed what is installed
     missing = []
-    for requirement in requirements:
-        name, minimum = parse_requirement(requirement)
-        try:
-            installed = version_of(name)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(requirement)
+    for text in requirements:
+        requirement = Requirement(text)
+        if requirement.marker is not None and not requirement.marker.evaluate():
             continue
-        if minimum is not None and _version_tuple(installed) < _version_tuple(minimum):
-            missing.append(requirement)
+        try:
+            installed = Version(version_of(requirement.name))
+        except (importlib.metadata.PackageNotFoundError, InvalidVersion):
+            missing.append(text)
+            continue
+        if not requirement.specifier.contains(installed, prereleases=True):
+            missing.append(text)
     return missing
 
 
@@ -113,33 +97,32 @@ def ensure_torch(slicer, interactive: bool = True) -> None:
             "and press Apply again."
         ) from exc
     logic = PyTorchUtils.PyTorchUtilsLogic()
-    torch = logic.installTorch(askConfirmation=interactive, torchVersionRequirement=TORCH_REQUIREMENT[len("torch"):])
+    bound = str(Requirement(TORCH_REQUIREMENT).specifier)
+    torch = logic.installTorch(askConfirmation=interactive, torchVersionRequirement=bound)
     if torch is None or torch_missing():
         raise DependencyError("PyTorch was not installed; RegSeg cannot run without it.")
 
 
 def package_module() -> ModuleType | None:
-    """Slicer's package module with ``pip_ensure`` and ``load_requirements`` (Slicer 5.12+), else ``None``.
+    """``slicer.packaging`` (Slicer 5.12 and later), else ``None`` (Slicer 5.10).
 
     It is a submodule that Slicer does not import at start-up, so it is imported here, not looked up.
     """
-    for name in PACKAGE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements"):
-            return module
-    return None
+    try:
+        module = importlib.import_module(PACKAGE_MODULE)
+    except ImportError:
+        return None
+    return module if hasattr(module, "pip_ensure") and hasattr(module, "load_requirements") else None
 
 
 def ensure_packages(slicer, requirements_file: str | Path = REQUIREMENTS_FILE, interactive: bool = True) -> None:
     """Installs the packages of the requirements file that are missing, after confirmation.
 
     Args:
-        slicer: the ``slicer`` module (``slicer.util`` gives the dialogs and ``pip_install`` of older versions).
+        slicer: the ``slicer`` module (``slicer.util`` gives the dialog and ``pip_install`` of Slicer 5.10).
         requirements_file: ``name>=version`` lines.
-        interactive: ask before installing.
+        interactive: ask before installing, show pip's progress dialog and offer a restart when an imported
+            package was updated; ``False`` (batch) opens no dialog at all.
 
     Raises:
         DependencyError: the user declined, pip failed, or the packages are still missing afterwards.
@@ -158,10 +141,14 @@ def ensure_packages(slicer, requirements_file: str | Path = REQUIREMENTS_FILE, i
         raise DependencyError("RegSeg's Python packages were not installed: " + ", ".join(missing))
     try:
         if packages is not None:
-            options = {"requester": REQUESTER}
-            if "prompt_install" in inspect.signature(packages.pip_ensure).parameters:
-                options["prompt_install"] = interactive
-            packages.pip_ensure(packages.load_requirements(str(requirements_file)), **options)
+            # pip_ensure's prompt_restart and show_progress default to True: each opens a dialog
+            packages.pip_ensure(
+                packages.load_requirements(str(requirements_file)),
+                requester=REQUESTER,
+                prompt_install=interactive,
+                prompt_restart=interactive,
+                show_progress=interactive,
+            )
         else:
             slicer.util.pip_install(missing)
     except subprocess.CalledProcessError as exc:

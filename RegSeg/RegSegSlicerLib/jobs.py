@@ -10,7 +10,8 @@ State machine (:class:`JobState`)::
 The scene is changed only in the ``importing`` step, after the child succeeded: a cancelled or failed job
 leaves it as it was. Export and import run on the caller's thread and take the time of writing and reading
 the files; the work itself runs in the child. A failure reads as the child's error line with the temporary
-file names replaced by the nodes they came from.
+file names replaced by the nodes they came from. Whatever a hook raises while starting or importing ends the job
+in ``failed`` with the temporary folder removed (an unexpected exception type is named and its traceback logged).
 
 A panel's job subclasses :class:`BackgroundJob` and implements four hooks:
 
@@ -29,6 +30,7 @@ import enum
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Callable, Generic, TypeVar
 
@@ -153,7 +155,8 @@ class BackgroundJob(Generic[Request, Outputs]):
         """Loads the child's result folder into the scene; returns what the job produced.
 
         Raises:
-            OSError, RuntimeError, ValueError: a result could not be loaded (the job then fails).
+            OSError, RuntimeError, ValueError: a result could not be loaded; the message says why. Any other
+                exception fails the job as well, named by its type, with its traceback in the log.
         """
         raise NotImplementedError
 
@@ -232,8 +235,8 @@ class BackgroundJob(Generic[Request, Outputs]):
                 log_path=self.work_dir / "regseg.log",
             )
             self.process.start()
-        except (OSError, RuntimeError, ValueError) as exc:
-            self._fail(f"could not start the {self.what}: {exc}")
+        except Exception as exc:  # noqa: BLE001  (every failure ends the job: failed, temporary folder removed)
+            self._fail(f"could not start the {self.what}: {self._describe(exc)}")
             raise self.error_class(self.error) from exc
         self._set_state(JobState.RUNNING)
 
@@ -261,8 +264,8 @@ class BackgroundJob(Generic[Request, Outputs]):
         self._set_state(JobState.IMPORTING)
         try:
             self.outputs = self.import_results(self.result_folder)
-        except (OSError, RuntimeError, ValueError) as exc:
-            self._fail(f"the results could not be loaded: {exc}")
+        except Exception as exc:  # noqa: BLE001  (a job left importing would keep its panel busy and its folder)
+            self._fail(f"the results could not be loaded: {self._describe(exc)}")
             return True
         self._cleanup()
         self._log(f"done in {time.monotonic() - self.started_at:.1f} s")
@@ -306,6 +309,14 @@ class BackgroundJob(Generic[Request, Outputs]):
         self._log(f"failed: {message}")
         self._cleanup()
         self._set_state(JobState.FAILED)
+
+    def _describe(self, exc: Exception) -> str:
+        """A hook's exception as a message: its text, named by its type (traceback logged) when it was not expected."""
+        if isinstance(exc, (OSError, RuntimeError, ValueError)):
+            return str(exc)
+        for line in "".join(traceback.format_exception(exc)).splitlines():
+            self._log(line)
+        return f"{type(exc).__name__} {exc}"
 
     def _readable(self, message: str) -> str:
         """The child's error line with temporary file names replaced by the nodes they came from."""

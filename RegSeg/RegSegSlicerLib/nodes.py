@@ -165,6 +165,14 @@ def grid_parts(transform) -> list:
     return parts
 
 
+GRID_INTERPOLATION_ATTRIBUTE = "RegSeg.GridInterpolation"
+"""Node attribute (saved in the scene file) that marks a transform node whose grids RegSeg interpolates linearly.
+
+Transform files do not store the interpolation, and Slicer reads grids back with cubic interpolation:
+:func:`restore_linear_grid_interpolation` re-applies linear interpolation to the marked nodes of a loaded scene.
+"""
+
+
 def set_linear_grid_interpolation(node) -> int:
     """Makes every displacement grid of a transform node interpolate linearly, as ITK and RegSegLib do.
 
@@ -172,31 +180,66 @@ def set_linear_grid_interpolation(node) -> int:
     RegSeg's field does.
 
     Returns:
-        The number of grids changed.
+        The number of grids changed (grids already linear are left alone).
     """
     grids = grid_parts(node.GetTransformFromParent()) + grid_parts(node.GetTransformToParent())
-    for grid in grids:
+    changed = [grid for grid in grids if grid.GetInterpolationModeAsString() != "Linear"]
+    for grid in changed:
         grid.SetInterpolationModeToLinear()
         grid.Modified()
-    if grids:
+    if changed:
         node.TransformModified()
-    return len(grids)
+    return len(changed)
+
+
+def restore_linear_grid_interpolation(scene) -> int:
+    """Re-applies linear interpolation to the grids of every transform node of ``scene`` that RegSeg loaded a grid into.
+
+    Call it once a scene has been loaded (the scene's ``EndImportEvent``): transform files do not store the
+    interpolation, so the grids of RegSeg's results read back from a saved scene are cubic until then. Nodes are
+    found by :data:`GRID_INTERPOLATION_ATTRIBUTE`, which the scene file keeps.
+
+    Returns:
+        The number of transform nodes changed.
+    """
+    count = 0
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLTransformNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLTransformNode")
+        if node.GetAttribute(GRID_INTERPOLATION_ATTRIBUTE) == "linear" and set_linear_grid_interpolation(node):
+            count += 1
+    return count
 
 
 def load_transform_into(path: str | os.PathLike, target) -> None:
-    """Loads an ITK transform file into an existing transform node ("transform from parent").
+    """Loads an ITK transform file into an existing transform node ("transform from parent"), replacing its content.
 
     A linear result goes in as a matrix, so a ``vtkMRMLLinearTransformNode`` stays editable; anything else
-    is set as the node's transform from parent, with linear grid interpolation.
+    is set as the node's transform from parent, with linear grid interpolation, and the node is marked with
+    :data:`GRID_INTERPOLATION_ATTRIBUTE` so that the interpolation can be restored after a scene reload.
+
+    Raises:
+        RuntimeError: the file could not be read, or the node did not take the matrix.
     """
     source = read_transform_file(path)
-    if source.IsLinear():
-        matrix = _vtk().vtkMatrix4x4()
-        source.GetMatrixTransformFromParent(matrix)
-        target.SetMatrixTransformFromParent(matrix)
-        return
-    target.SetAndObserveTransformFromParent(source.GetTransformFromParent())
-    set_linear_grid_interpolation(target)
+    modifying = target.StartModify()
+    try:
+        if source.IsLinear():
+            matrix = _vtk().vtkMatrix4x4()
+            source.GetMatrixTransformFromParent(matrix)
+            if not target.IsLinear():
+                # a node holding a grid or a composite refuses a matrix (and keeps its old transform): empty it first,
+                # in both directions (clearing a direction that is already empty leaves the other one in place)
+                target.SetAndObserveTransformToParent(None)
+                target.SetAndObserveTransformFromParent(None)
+            if not target.SetMatrixTransformFromParent(matrix):
+                raise RuntimeError(f"the transform {node_label(target)} did not take the linear result of {path}")
+            target.RemoveAttribute(GRID_INTERPOLATION_ATTRIBUTE)
+        else:
+            target.SetAndObserveTransformFromParent(source.GetTransformFromParent())
+            set_linear_grid_interpolation(target)
+            target.SetAttribute(GRID_INTERPOLATION_ATTRIBUTE, "linear")
+    finally:
+        target.EndModify(modifying)
 
 
 def segment_ids(segmentation_node, names_or_ids: Sequence[str] | None = None) -> list[str]:
@@ -253,7 +296,13 @@ def with_binary_labelmaps(segmentation_node):
 
 
 def segmentation_to_label_map(segmentation_node, reference_volume, ids: Sequence[str], values: Sequence[int] | None = None):
-    """A standalone label map node on the reference volume's grid from chosen segments.
+    """A standalone label map node on the reference volume's own grid from chosen segments.
+
+    The label map has the reference volume's IJK-to-RAS (its parent transform not applied), as the volume's file is
+    written, and marks the voxels where the segments are relative to the volume: the parent transforms of both
+    nodes are taken into account, as Slicer's ``GenerateMergedLabelmapInReferenceGeometry`` does. That function
+    is not called because a closed-surface segmentation is converted in a copy outside the scene, which would lose
+    its parent transform. Only the reference volume's geometry is used; none of its voxels are copied.
 
     Args:
         segmentation_node: the segmentation.
@@ -263,28 +312,49 @@ def segmentation_to_label_map(segmentation_node, reference_volume, ids: Sequence
 
     Returns:
         A ``vtkMRMLLabelMapVolumeNode`` not added to any scene.
+
+    Raises:
+        ValueError: the segments could not be merged on that grid.
     """
     slicer, vtk = _slicer(), _vtk()
+    resample = slicer.vtkOrientedImageDataResample
     values = list(values) if values is not None else list(range(1, len(ids) + 1))
     id_array, value_array = vtk.vtkStringArray(), vtk.vtkIntArray()
     for segment_id, value in zip(ids, values):
         id_array.InsertNextValue(segment_id)
         value_array.InsertNextValue(int(value))
-    segmentation_node = with_binary_labelmaps(segmentation_node)
-    reference_geometry = slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(reference_volume)
+    matrix = vtk.vtkMatrix4x4()
+    reference_volume.GetIJKToRASMatrix(matrix)
+    reference = slicer.vtkOrientedImageData()
+    reference.SetExtent(reference_volume.GetImageData().GetExtent())
+    reference.SetGeometryFromImageToWorldMatrix(matrix)
+    # reference volume coordinates -> segmentation coordinates
+    volume_parent, segmentation_parent = reference_volume.GetParentTransformNode(), segmentation_node.GetParentTransformNode()
+    to_segmentation = None
+    merge_geometry = reference
+    if volume_parent is not segmentation_parent:
+        to_segmentation = vtk.vtkGeneralTransform()
+        slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(volume_parent, segmentation_parent, to_segmentation)
+        merge_geometry = slicer.vtkOrientedImageData()
+        merge_geometry.DeepCopy(reference)
+        resample.TransformOrientedImage(merge_geometry, to_segmentation, True)
     merged = slicer.vtkOrientedImageData()
-    ok = segmentation_node.GenerateMergedLabelmapForAllSegments(
-        merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, reference_geometry, id_array, value_array
+    ok = with_binary_labelmaps(segmentation_node).GenerateMergedLabelmapForAllSegments(
+        merged, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, merge_geometry, id_array, value_array
     )
-    if not ok:
+    if ok and to_segmentation is not None:
+        to_reference = to_segmentation.GetInverse()
+        to_reference.Update()
+        on_reference = slicer.vtkOrientedImageData()
+        ok = resample.ResampleOrientedImageToReferenceOrientedImage(merged, reference, on_reference, False, False, to_reference)
+        merged = on_reference
+    if not ok or merged.GetPointData().GetScalars() is None:
         raise ValueError(
             f"The segmentation {node_label(segmentation_node)} could not be turned into a label map "
             f"on the grid of {node_label(reference_volume)}."
         )
-    matrix = vtk.vtkMatrix4x4()
-    merged.GetImageToWorldMatrix(matrix)
     image = vtk.vtkImageData()
-    image.DeepCopy(merged)
+    image.ShallowCopy(merged)
     image.SetOrigin(0.0, 0.0, 0.0)
     image.SetSpacing(1.0, 1.0, 1.0)
     if hasattr(image, "SetDirectionMatrix"):

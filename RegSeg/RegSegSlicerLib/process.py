@@ -219,36 +219,60 @@ class ChildProcess:
         return 0
 
     def cancel(self, grace_s: float = CANCEL_GRACE_S) -> None:
-        """Ends the child and all its descendants.
+        """Ends the child and all its descendants; returns when the child has ended.
 
         POSIX: SIGTERM to the child's process group (``regseg`` removes its partial outputs on SIGTERM), then
-        SIGKILL to the group after ``grace_s``. Windows: ``taskkill /T`` on the tree, forced after ``grace_s``.
-        Returns when the child has ended.
+        SIGKILL to the group after ``grace_s``. Windows: the tree is killed at once with ``taskkill /F /T``
+        (a child started without a console window cannot be asked politely: ``taskkill`` without ``/F`` only
+        closes windows), and with ``TerminateProcess`` should ``taskkill`` fail; the caller removes the
+        partial outputs.
         """
         if self.process is None or self.cancelled:
             return
         self.cancelled = True
-        if self.process.poll() is None:
-            self._signal_tree(force=False)
-            try:
-                self.process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                self._signal_tree(force=True)
-                self.process.wait()
-        if os.name != "nt":
-            self._signal_tree(force=True)
+        if os.name == "nt":
+            self._kill_windows_tree()
+        else:
+            self._end_posix_group(grace_s)
         for reader in self._readers:
             reader.join(timeout=grace_s)
         self.poll()
         self._close_log()
 
-    def _signal_tree(self, force: bool) -> None:
+    def _end_posix_group(self, grace_s: float) -> None:
         assert self.process is not None
-        if os.name == "nt":
-            command = ["taskkill", "/T", "/PID", str(self.process.pid)] + (["/F"] if force else [])
-            subprocess.run(command, capture_output=True, check=False)
-            return
+        if self.process.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # the child may have ended on SIGTERM and left descendants behind: the group is killed either way
+        self._signal_group(signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()  # the group could not be signalled: the child itself at least
+        self.process.wait()
+
+    def _signal_group(self, signum: int) -> None:
+        assert self.process is not None
         try:
-            os.killpg(self.process.pid, signal.SIGKILL if force else signal.SIGTERM)
+            os.killpg(self.process.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def _kill_windows_tree(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            return  # its descendants can no longer be found through it
+        try:
+            subprocess.run(windows_tree_kill_command(self.process.pid), capture_output=True, check=False, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            pass  # no taskkill, or it hung: the child itself is still ended below
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def windows_tree_kill_command(pid: int) -> list[str]:
+    """``taskkill`` forcing the end of a process and all its descendants (``/F`` force, ``/T`` tree)."""
+    return ["taskkill", "/F", "/T", "/PID", str(pid)]

@@ -23,7 +23,7 @@ from RegSegSlicerLib.paths import ensure_regseglib_importable
 
 ensure_regseglib_importable()
 
-from RegSegLib import vocabulary  # noqa: E402
+from RegSegLib import validation  # noqa: E402
 from RegSegLib.registration import settings  # noqa: E402
 
 
@@ -99,7 +99,7 @@ class RegistrationRequest:
             raise ValueError("The fixed and the moving volume are the same node; select two volumes.")
         self.engine_settings()
         try:
-            vocabulary.check_choice(self.device, settings.DEVICES, "device")
+            validation.check_choice(self.device, settings.DEVICES, "device")
         except ValueError as exc:
             raise ValueError(readable_message(str(exc))) from None
         if (self.fixed_labels is None) != (self.moving_labels is None):
@@ -130,18 +130,7 @@ class RegistrationRequest:
             ValueError: a bad method, family, metric, preset or advanced setting (readable message).
         """
         try:
-            return settings.RegistrationSettings.create(
-                self.method,
-                self.transform_family,
-                self.metric,
-                diffeomorphic=self.diffeomorphic,
-                levels=self.levels,
-                iterations=self.iterations,
-                deformable_iterations=self.deformable_iterations,
-                regularisation=self.regularisation,
-                preset=self.preset,
-                spacing=self.spacing_mm,
-            )
+            return settings.RegistrationSettings.from_attributes(self, family="transform_family", spacing="spacing_mm")
         except settings.SettingsError as exc:
             raise ValueError(readable_message(str(exc))) from None
 

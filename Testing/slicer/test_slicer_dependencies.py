@@ -1,6 +1,7 @@
 """Dependency set-up on first Apply: missing packages are really installed by pip (from a wheel built here, no
 network), a declined confirmation or a failing pip is a readable ``DependencyError``, and Slicer 5.12+'s
-``pip_ensure`` is found, called with RegSeg's requirements and asked to prompt only in interactive use.
+``slicer.packaging.pip_ensure`` is found and called with RegSeg's requirements, every dialog it can open (install
+prompt, progress, restart offer) switched off in batch use. Requirements are compared as pip compares them.
 
 Slicer's installers (``slicer.util.pip_install``, ``slicer.packaging``) exist only in the application; the tests
 use named stand-ins for them that run the real pip of this interpreter into a temporary folder on ``sys.path``.
@@ -95,9 +96,8 @@ def probe_site(tmp_path, monkeypatch):
 
 @pytest.fixture
 def without_package_module(monkeypatch):
-    """Slicer before 5.12: no ``slicer.packaging`` or ``slicer.pydeps`` to import."""
-    for name in ("slicer.packaging", "slicer.pydeps"):
-        monkeypatch.setitem(sys.modules, name, None)
+    """Slicer 5.10: no ``slicer.packaging`` to import."""
+    monkeypatch.setitem(sys.modules, "slicer.packaging", None)
 
 
 def probe_version() -> str | None:
@@ -141,11 +141,20 @@ def test_a_failing_pip_is_a_dependency_error_naming_the_packages(dependencies, p
     assert probe_version() is None
 
 
-class StandinPackageModule(types.ModuleType):
-    """Stand-in for Slicer 5.12+'s package module: ``load_requirements`` and ``pip_ensure`` (real pip here)."""
+PIP_ENSURE_OPTIONS = (
+    "constraints", "skip_packages", "prompt_install", "prompt_restart", "requester", "skip_in_testing", "show_progress",
+)  # fmt: skip
+"""The keyword parameters of ``slicer.packaging.pip_ensure`` in Slicer 5.12 (each dialog option defaults to True)."""
 
-    def __init__(self, name: str, target: Path, wheels: Path, decline: bool = False) -> None:
-        super().__init__(name)
+
+class StandinPackageModule(types.ModuleType):
+    """Stand-in for Slicer 5.12+'s ``slicer.packaging``: ``load_requirements`` and ``pip_ensure`` (real pip here).
+
+    ``pip_ensure`` accepts the real keyword parameters only and records those it was given.
+    """
+
+    def __init__(self, target: Path, wheels: Path, decline: bool = False) -> None:
+        super().__init__("slicer.packaging")
         self.target, self.wheels, self.decline = target, wheels, decline
         self.calls: list[dict] = []
 
@@ -153,30 +162,39 @@ class StandinPackageModule(types.ModuleType):
         lines = [line.split("#", 1)[0].strip() for line in Path(path).read_text().splitlines()]
         return [line for line in lines if line]
 
-    def pip_ensure(self, requirements, constraints=None, skip_packages=None, prompt_install=True, prompt_restart=True,
-                   requester=None, skip_in_testing=True, show_progress=True):  # fmt: skip
-        self.calls.append({"requirements": list(requirements), "prompt_install": prompt_install, "requester": requester})
+    def pip_ensure(self, requirements, **options):
+        unknown = set(options) - set(PIP_ENSURE_OPTIONS)
+        if unknown:
+            raise TypeError(f"pip_ensure() got unexpected keyword arguments {sorted(unknown)}")
+        self.calls.append({"requirements": list(requirements), **options})
         if self.decline:
             raise RuntimeError("the user declined the installation")
         pip_into(self.target, self.wheels, requirements)
 
 
-@pytest.mark.parametrize("name", ["slicer.packaging", "slicer.pydeps"])
 @pytest.mark.parametrize("interactive", [True, False])
-def test_slicer_5_12_pip_ensure_installs_the_requirements(dependencies, probe_site, monkeypatch, name, interactive):
-    other = "slicer.pydeps" if name == "slicer.packaging" else "slicer.packaging"
-    module = StandinPackageModule(name, probe_site.target, probe_site.wheels)
-    monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setitem(sys.modules, other, None)
+def test_slicer_5_12_pip_ensure_installs_the_requirements_with_dialogs_only_when_interactive(
+    dependencies, probe_site, monkeypatch, interactive
+):
+    module = StandinPackageModule(probe_site.target, probe_site.wheels)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", module)
     util = StandinSlicerUtil(probe_site.target, probe_site.wheels, answer=False)
     dependencies.ensure_packages(types.SimpleNamespace(util=util), probe_site.requirements, interactive=interactive)
-    assert module.calls == [{"requirements": [f"{PROBE}>=1.0"], "prompt_install": interactive, "requester": "RegSeg"}]
+    assert module.calls == [
+        {
+            "requirements": [f"{PROBE}>=1.0"],
+            "requester": "RegSeg",
+            "prompt_install": interactive,
+            "prompt_restart": interactive,
+            "show_progress": interactive,
+        }
+    ]
     assert util.questions == [] and util.installed == []  # pip_ensure asks and installs itself
     assert probe_version() == "1.0"
 
 
 def test_declining_slicer_5_12_pip_ensure_is_a_dependency_error(dependencies, probe_site, monkeypatch):
-    module = StandinPackageModule("slicer.packaging", probe_site.target, probe_site.wheels, decline=True)
+    module = StandinPackageModule(probe_site.target, probe_site.wheels, decline=True)
     monkeypatch.setitem(sys.modules, "slicer.packaging", module)
     util = StandinSlicerUtil(probe_site.target, probe_site.wheels, answer=True)
     with pytest.raises(dependencies.DependencyError, match=rf"not installed \(the user declined the installation\): {PROBE}>=1\.0$"):
@@ -189,3 +207,24 @@ def test_without_the_pytorch_extension_torch_is_a_dependency_error_saying_what_t
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)
     with pytest.raises(dependencies.DependencyError, match=r"install the 'PyTorch' extension from the Extensions Manager"):
         dependencies.ensure_torch(types.SimpleNamespace(), interactive=True)
+
+
+def test_requirements_are_compared_as_pip_compares_them(dependencies):
+    """Through ``packaging``: pre-releases sort before their release, ranges, extras and markers are understood."""
+    versions = {"scipy": "1.10.0rc1", "nibabel": "5.2.1", "h5py": "4.0", "tqdm": "4.66.1", "psutil": "5.9.0"}
+
+    def version_of(name):
+        if name not in versions:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return versions[name]
+
+    requirements = [
+        "scipy>=1.10",  # 1.10.0rc1 comes before 1.10
+        "nibabel>=5.0",
+        "h5py>=3.8,<4",  # 4.0 is outside the range
+        "tqdm[notebook]>=4.60",
+        'matplotlib>=3.7; python_version < "3"',  # not for this Python: never missing
+        "psutil>=5.9",
+        "numpy>=1.24",  # not installed
+    ]
+    assert dependencies.missing_requirements(requirements, version_of) == ["scipy>=1.10", "h5py>=3.8,<4", "numpy>=1.24"]

@@ -3,7 +3,9 @@
 Inputs are two prostate MR volumes of ../shared/data (downsampled to 32x32x30), placed in the scene with
 non-trivial geometry: the fixed volume stored LPS-ordered (i along L, j along P), the moving volume oblique.
 One affine and one deformable run (with a segmentation mask and segmentation labels) are shared by the tests.
-A small deformable run with every advanced setting checks that they reach the engine.
+A small deformable run with every advanced setting checks that they reach the engine. Masks from segmentations
+under parent transforms, output nodes reused across runs, scene save and reopen, and job failures are checked on
+the same data.
 
 Geometry error = largest distance between corresponding points (grid corners, test points), in mm.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,13 +33,21 @@ from RegSegLib.io.volumes import read_volume  # noqa: E402
 from RegSegLib.transforms import AffineTransform, resample  # noqa: E402
 from RegSegLib.volume import Volume  # noqa: E402
 from slicer_scene import (  # noqa: E402
+    add_linear_transform,
     add_segmentation,
     add_volume,
+    centroid_mm,
     corner_error_mm,
     corners,
+    dice,
+    image_array,
+    inner_points,
+    mask_seen_from,
     node_ijk_to_ras,
     numpy_matrix,
     prostate_scene,
+    rigid,
+    save_and_reopen_bundle,
     scene_state,
     vtk_matrix,
 )
@@ -200,10 +211,8 @@ def test_dense_result_loads_as_grid_transform_matching_regseg(deformable_run, pr
     regseg = read_transform(result_dir / "transform.h5")
     field = read_transform(result_dir / "displacement.nii.gz")
     assert float(field.field.abs().max()) > 0.05
-    fixed = prostate["fixed"]
-    shape = np.array(slicer.util.arrayFromVolume(fixed).shape[::-1], dtype=np.float64)
-    ijk = 1.0 + np.random.default_rng(3).random((200, 3)) * (shape - 3.0)
-    points = geometry.transform_points(node_ijk_to_ras(fixed), ijk)
+    assert node.GetAttribute(module.nodes.GRID_INTERPOLATION_ATTRIBUTE) == "linear"
+    points = inner_points(prostate["fixed"], 200, seed=3)
     ours = regseg.transform_points(torch.as_tensor(points)).numpy()
     theirs = np.array([node.GetTransformFromParent().TransformPoint(tuple(p)) for p in points])
     assert np.abs(theirs - ours).max() < TOLERANCE_MM
@@ -228,10 +237,7 @@ def test_affine_run_from_a_dense_initial_transform_keeps_it_in_the_result(deform
     assert not node.IsLinear() and not node.IsA("vtkMRMLLinearTransformNode")
     whole = read_transform(tmp_path / "result" / "transform.h5")
     affine_only = read_transform(tmp_path / "result" / "affine.tfm")
-    fixed = prostate["fixed"]
-    shape = np.array(slicer.util.arrayFromVolume(fixed).shape[::-1], dtype=np.float64)
-    ijk = 1.0 + np.random.default_rng(5).random((100, 3)) * (shape - 3.0)
-    points = geometry.transform_points(node_ijk_to_ras(fixed), ijk)
+    points = inner_points(prostate["fixed"], 100, seed=5)
     theirs = np.array([node.GetTransformFromParent().TransformPoint(tuple(p)) for p in points])
     assert np.abs(theirs - whole.transform_points(torch.as_tensor(points)).numpy()).max() < TOLERANCE_MM
     assert np.abs(theirs - geometry.transform_points(affine_only.matrix, points)).max() > 0.05
@@ -263,6 +269,61 @@ def test_dense_run_improves_the_gland_dice(deformable_run):
     """The fixed mask is the exact gland: the affine stage skips the pyramid levels where it holds too few voxels."""
     dice = deformable_run[0].metrics["dice"]
     assert next(iter(dice["per_label"].values())) > next(iter(dice["before_per_label"].values()))
+
+
+@pytest.mark.parametrize("held", ["grid", "grid and matrix"])
+def test_an_affine_result_replaces_the_grid_an_output_node_held(held, affine_run, deformable_run, prostate, module):
+    """An output node reused from a deformable run holds a grid (or a composite): SetMatrixTransformFromParent alone
+    refuses a matrix there and keeps the old transform."""
+    nodes, scene = module.nodes, prostate["scene"]
+    node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "reused output")
+    nodes.load_transform_into(deformable_run[3] / "transform.h5", node)
+    if held == "grid and matrix":
+        node.ApplyTransformMatrix(vtk_matrix(rigid(5.0, "z", (1.0, 2.0, 3.0))))
+    assert not node.IsLinear()
+    affine_file = affine_run[3] / "affine.tfm"
+    nodes.load_transform_into(affine_file, node)
+    points = inner_points(prostate["fixed"], 100, seed=7)
+    theirs = np.array([node.GetTransformFromParent().TransformPoint(tuple(p)) for p in points])
+    assert np.abs(theirs - geometry.transform_points(read_transform(affine_file).matrix, points)).max() < TOLERANCE_MM
+    assert node.IsLinear() and not nodes.grid_parts(node.GetTransformFromParent())
+    # no longer a grid to restore after a scene reload
+    assert node.GetAttribute(nodes.GRID_INTERPOLATION_ATTRIBUTE) is None
+    scene.RemoveNode(node)
+
+
+def test_linear_grid_interpolation_survives_saving_and_reopening_the_scene(deformable_run, prostate, module, tmp_path):
+    """Transform files do not store the interpolation: Slicer reads grids back cubic. The module restores linear
+    interpolation on the scene's EndImportEvent for the nodes RegSeg marked."""
+    nodes = module.nodes
+    transform_file = deformable_run[3] / "transform.h5"
+    scene = slicer.vtkMRMLScene()
+    nodes.load_transform_into(transform_file, scene.AddNewNodeByClass("vtkMRMLTransformNode", "RegSeg result"))
+    scene.AddNewNodeByClass("vtkMRMLTransformNode", "not RegSeg's").SetAndObserveTransformFromParent(
+        nodes.read_transform_file(transform_file).GetTransformFromParent()
+    )
+    restored = []
+    reopened = save_and_reopen_bundle(
+        scene, tmp_path / "observed", lambda caller, event: restored.append(nodes.restore_linear_grid_interpolation(caller))
+    )
+    assert restored == [1]
+    node = reopened.GetFirstNodeByName("RegSeg result")
+    grids = nodes.grid_parts(node.GetTransformFromParent())
+    assert grids and all(grid.GetInterpolationModeAsString() == "Linear" for grid in grids)
+    points = inner_points(prostate["fixed"], 200, seed=11)
+    ours = read_transform(transform_file).transform_points(torch.as_tensor(points)).numpy()
+    theirs = np.array([node.GetTransformFromParent().TransformPoint(tuple(p)) for p in points])
+    assert np.abs(theirs - ours).max() < TOLERANCE_MM
+    # unmarked grids keep Slicer's default
+    other = nodes.grid_parts(reopened.GetFirstNodeByName("not RegSeg's").GetTransformFromParent())
+    assert [grid.GetInterpolationModeAsString() for grid in other] == ["Cubic"] * len(other)
+    # without the observer the grids come back cubic; the function mends them once
+    plain = save_and_reopen_bundle(scene, tmp_path / "plain")
+    grids = nodes.grid_parts(plain.GetFirstNodeByName("RegSeg result").GetTransformFromParent())
+    assert [grid.GetInterpolationModeAsString() for grid in grids] == ["Cubic"] * len(grids)
+    assert nodes.restore_linear_grid_interpolation(plain) == 1
+    assert nodes.restore_linear_grid_interpolation(plain) == 0
+    assert all(grid.GetInterpolationModeAsString() == "Linear" for grid in grids)
 
 
 def test_segmentation_mask_becomes_the_right_label_map(prostate, module):
@@ -297,6 +358,69 @@ def test_a_closed_surface_segmentation_becomes_a_label_map_without_changing_the_
     assert surfaces.GetMTime() == modified
     assert not surfaces.GetSegmentation().ContainsRepresentation(labelmap_name)
     scene.RemoveNode(surfaces)
+
+
+def slicer_merged_labelmap(segmentation, volume) -> np.ndarray:
+    """What Slicer's own GenerateMergedLabelmapInReferenceGeometry gives for all segments of a segmentation."""
+    merged, ids = slicer.vtkOrientedImageData(), vtk.vtkStringArray()
+    slicer.vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry(
+        segmentation, volume, ids, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, merged
+    )
+    return image_array(merged)
+
+
+def test_a_mask_for_a_volume_under_a_transform_lies_on_the_volumes_own_grid(prostate, module):
+    """The volume's file holds its own grid (parent transform not applied): the mask must lie on that grid and cover
+    the voxels where the segment is relative to the volume."""
+    scene, gland = prostate["scene"], prostate["fixed_gland"] > 0
+    matrix = node_ijk_to_ras(prostate["fixed"])
+    translation = np.eye(4)
+    translation[:3, 3] = matrix[:3, :3] @ np.array([6.0, -5.0, 3.0])  # whole voxels along i, j, k
+    parent = add_linear_transform(scene, "volume placement", translation)
+    volume = add_volume(scene, "fixed, moved", slicer.util.arrayFromVolume(prostate["fixed"]).copy(), matrix)
+    volume.SetAndObserveTransformNodeID(parent.GetID())
+    label_map = module.nodes.as_label_map(prostate["fixed_segmentation"], volume, ["prostate"], "fixed mask")
+    mask = slicer.util.arrayFromVolume(label_map) > 0
+    assert corner_error_mm(node_ijk_to_ras(label_map), matrix, mask.shape) < TOLERANCE_MM
+    # voxel ijk of the volume lies where voxel ijk + (6, -5, 3) of the segmentation does
+    expected = mask_seen_from(gland, matrix, np.eye(4), mask.shape, matrix, translation)
+    assert expected.sum() == gland.sum()
+    np.testing.assert_array_equal(mask, expected)
+    shift_mm = centroid_mm(mask, matrix) - centroid_mm(gland, matrix)
+    assert np.abs(shift_mm + translation[:3, 3]).max() < TOLERANCE_MM and np.linalg.norm(shift_mm) > 5.0
+    np.testing.assert_array_equal(slicer_merged_labelmap(prostate["fixed_segmentation"], volume) > 0, mask)
+    scene.RemoveNode(volume)
+    scene.RemoveNode(parent)
+
+
+@pytest.mark.parametrize("representation", ["binary labelmap", "closed surface"])
+def test_a_segmentation_under_a_transform_gives_the_mask_where_the_segment_is(representation, prostate, module):
+    scene, fixed, gland = prostate["scene"], prostate["fixed"], prostate["fixed_gland"] > 0
+    matrix = node_ijk_to_ras(fixed)
+    centre = centroid_mm(gland, matrix)
+    placement = rigid(12.0, "z", (4.0, -3.0, 2.5), centre)  # the gland stays inside the 26 mm field of view
+    segmentation = add_segmentation(scene, "gland, moved", "prostate", prostate["fixed_gland"], matrix)
+    if representation == "closed surface":
+        assert segmentation.CreateClosedSurfaceRepresentation()
+        segmentation.SetSourceRepresentationToClosedSurface()
+        segmentation.RemoveBinaryLabelmapRepresentation()
+    parent = add_linear_transform(scene, "segmentation placement", placement)
+    segmentation.SetAndObserveTransformNodeID(parent.GetID())
+    label_map = module.nodes.as_label_map(segmentation, fixed, None, "fixed mask")
+    mask = slicer.util.arrayFromVolume(label_map) > 0
+    assert corner_error_mm(node_ijk_to_ras(label_map), matrix, mask.shape) < TOLERANCE_MM
+    expected = mask_seen_from(gland, matrix, placement, mask.shape, matrix, np.eye(4))
+    moved_centre = geometry.transform_points(placement, centre[None])[0]
+    half_voxel = 0.4
+    assert abs(int(expected.sum()) - int(gland.sum())) < 0.01 * gland.sum()
+    assert np.linalg.norm(centroid_mm(expected, matrix) - moved_centre) < half_voxel
+    assert np.linalg.norm(centroid_mm(mask, matrix) - moved_centre) < half_voxel
+    assert dice(mask, expected) > (0.99 if representation == "binary labelmap" else 0.9)
+    assert dice(mask, gland) < 0.5  # where the segment would be without its parent transform
+    if representation == "binary labelmap":
+        np.testing.assert_array_equal(slicer_merged_labelmap(segmentation, fixed) > 0, mask)
+    scene.RemoveNode(segmentation)
+    scene.RemoveNode(parent)
 
 
 # ------------------------------------------------------------------------------------------------ advanced settings
@@ -374,6 +498,49 @@ def test_a_failing_child_reports_its_error_line_with_the_node_name(prostate, mod
     assert "non-zero exit status" not in message
     assert scene_state(scene) == before
     scene.RemoveNode(constant)
+
+
+@pytest.mark.parametrize("failing_hook", ["export_inputs", "import_results"])
+def test_any_exception_in_a_hook_fails_the_job_cleanly(failing_hook, module):
+    """A KeyError (e.g. from a metrics.json without Dice per label) ends the job failed, its folder removed."""
+    jobs = module.jobs
+    JobState = jobs.JobState
+
+    class Job(jobs.BackgroundJob):
+        what = "test job"
+
+        def validate(self) -> None:
+            pass
+
+        def export_inputs(self) -> dict:
+            if failing_hook == "export_inputs":
+                raise KeyError("fixed")
+            return {}
+
+        def child_arguments(self, files, output_dir) -> list:
+            return ["--version"]
+
+        def import_results(self, folder):
+            raise KeyError("per_label")
+
+    states, log = [], []
+    job = Job(slicer.vtkMRMLScene(), None, env=module_env(), on_state=states.append, on_log=log.append)
+    if failing_hook == "export_inputs":
+        with pytest.raises(jobs.JobError, match=r"could not start the test job: KeyError 'fixed'"):
+            job.start()
+        assert states == [JobState.STARTING, JobState.FAILED]
+    else:
+        job.start()
+        deadline = time.monotonic() + 60.0
+        while not job.poll() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert states == [JobState.STARTING, JobState.RUNNING, JobState.IMPORTING, JobState.FAILED]
+        assert job.error == "the results could not be loaded: KeyError 'per_label'"
+    assert job.state is JobState.FAILED and job.poll() and job.finished
+    assert not job.work_dir.exists()
+    assert any(line.startswith("Traceback") for line in log)
+    with pytest.raises(jobs.JobError):
+        job.wait()
 
 
 def test_impossible_requests_are_value_errors_before_anything_starts(prostate, module):

@@ -1,11 +1,12 @@
 """The Slicer extension's files: every module file imports (with named stand-ins for Slicer's Qt-side modules),
-every ``ui.<name>`` the code uses is in the .ui XML, every file CMake lists exists, the catalog entry and icon are
-right, and the background runner handles progress, logs, failures and cancellation (small Python children)."""
+every ``ui.<name>`` the code uses is in the .ui XML, every file CMake lists exists, the module icons are right,
+RegSegLib is found as installed, and the background runner handles progress, logs, failures and cancellation on
+POSIX and Windows (small Python children). The catalog entry: test_slicer_extension; the batch script:
+test_slicer_batch."""
 
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from slicer_panel_standins import install_standin_application
 from slicer_standins import MODULE_FOLDER, REPOSITORY_ROOT, import_file, require_mrml, slicer_module_standins
 
 slicer = require_mrml()
@@ -49,7 +51,10 @@ def test_every_module_file_imports_without_torch(path):
     assert completed.stdout.strip() == "[]"
 
 
-def test_module_follows_the_scripted_module_template():
+def test_module_follows_the_scripted_module_template(tmp_path, monkeypatch):
+    import slicer
+
+    app = install_standin_application(monkeypatch, tmp_path, slicer.vtkMRMLScene())
     with slicer_module_standins():
         module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
         template = importlib.import_module("slicer.ScriptedLoadableModule")
@@ -63,6 +68,7 @@ def test_module_follows_the_scripted_module_template():
     parent = Parent()
     module.RegSegRegistration(parent)
     assert parent.categories == ["Registration"] and "fixed points to moving points" in parent.helpText
+    assert app.connections["startupCompleted()"] == [module.observeSceneImports]
     assert set(module.RegSegRegistrationParameterNode.parameter_names) >= {"fixed_volume", "moving_volume", "output_transform"}
 
 
@@ -122,49 +128,32 @@ def test_every_file_cmake_lists_exists_and_every_helper_is_listed():
     for field in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS"):
         assert f"set(EXTENSION_{field} " in top
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in top and "project(RegSeg)" in top
-    assert "add_subdirectory(RegSeg)" in top and "RegSegLib/*.py" in top
+    assert "add_subdirectory(RegSeg)" in top and "${CMAKE_CURRENT_SOURCE_DIR}/RegSegLib/*\n" in top
     assert (REPOSITORY_ROOT / "RegSegLib" / "__init__.py").is_file()
 
 
-def test_catalog_entry_license_and_icons():
-    entry = json.loads((REPOSITORY_ROOT / "Resources" / "RegSeg.json").read_text())
-    assert entry["category"] == "Registration" and entry["build_dependencies"] == ["PyTorch"]
-    assert entry["scm_url"].endswith("/SlicerRegSeg.git") and "$schema" in entry
-    assert "Apache License" in (REPOSITORY_ROOT / "LICENSE").read_text()
+def test_every_module_has_its_icon():
+    """Slicer shows ``Resources/Icons/<module name>.png`` beside each module (the extension's: test_slicer_extension)."""
     from PIL import Image
 
-    # Slicer shows Resources/Icons/<module name>.png beside each module, the catalog shows the extension's icon
-    module_icons = [MODULE_FOLDER / "Resources" / "Icons" / f"{path.stem}.png" for path in MODULE_FILES]
-    for icon in module_icons + [REPOSITORY_ROOT / "Resources" / "Icons" / "RegSeg.png"]:
-        assert Image.open(icon).size == (128, 128)
+    for path in MODULE_FILES:
+        with Image.open(MODULE_FOLDER / "Resources" / "Icons" / f"{path.stem}.png") as icon:
+            assert icon.size == (128, 128)
 
 
-def test_requirements_and_dependency_checks():
+def test_slicer_requirements_are_regseglib_dependencies_less_torch_and_what_slicer_bundles():
+    from packaging.requirements import Requirement
+
     with slicer_module_standins():
         from RegSegSlicerLib import dependencies
 
     requirements = dependencies.read_requirements()
     assert requirements and all(">=" in line for line in requirements)
-    assert not any(line.startswith("torch") for line in requirements)
-    # Slicer's list is RegSegLib's own, less torch (PyTorch extension) and what Slicer bundles
     import tomllib
 
     project = tomllib.loads((REPOSITORY_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    bundled = ("torch", "numpy", "SimpleITK")
-    assert sorted(requirements) == sorted(r for r in project if dependencies.parse_requirement(r)[0] not in bundled)
-    versions = {"nibabel": "5.2.1", "scipy": "1.9.0"}
-
-    def version_of(name):
-        if name not in versions:
-            raise dependencies.importlib.metadata.PackageNotFoundError(name)
-        return versions[name]
-
-    assert dependencies.missing_requirements(["nibabel>=5.0", "scipy>=1.10", "h5py>=3.8"], version_of) == [
-        "scipy>=1.10",
-        "h5py>=3.8",
-    ]
-    with pytest.raises(ValueError):
-        dependencies.parse_requirement("torch==2.1")
+    bundled = ("torch", "numpy", "SimpleITK")  # torch through the PyTorch extension
+    assert sorted(requirements) == sorted(r for r in project if Requirement(r).name not in bundled)
 
 
 def test_regseglib_is_found_beside_the_modules_or_in_the_checkout():
@@ -341,6 +330,14 @@ def test_registration_errors_are_job_errors():
 # ------------------------------------------------------------------------------------------------ the runner
 
 
+def process_module():
+    """``RegSegSlicerLib.process`` (imported with the module folder on the path, whatever ran before)."""
+    with slicer_module_standins():
+        from RegSegSlicerLib import process
+
+    return process
+
+
 def child(tmp_path: Path, body: str) -> list[str]:
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(body))
@@ -348,7 +345,7 @@ def child(tmp_path: Path, body: str) -> list[str]:
 
 
 def test_runner_turns_progress_lines_into_callbacks_and_the_rest_into_the_log(tmp_path):
-    from RegSegSlicerLib.process import ChildProcess
+    ChildProcess = process_module().ChildProcess
 
     progress, log = [], []
     args = child(
@@ -370,7 +367,8 @@ def test_runner_turns_progress_lines_into_callbacks_and_the_rest_into_the_log(tm
 
 
 def test_runner_reports_the_last_error_line(tmp_path):
-    from RegSegSlicerLib.process import ChildProcess, ProcessFailed
+    process = process_module()
+    ChildProcess, ProcessFailed = process.ChildProcess, process.ProcessFailed
 
     args = child(
         tmp_path,
@@ -399,7 +397,8 @@ def running(pid: int) -> bool:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to see the process tree")
 def test_cancel_kills_the_whole_process_tree(tmp_path):
-    from RegSegSlicerLib.process import ChildProcess, ProcessCancelled
+    process = process_module()
+    ChildProcess, ProcessCancelled = process.ChildProcess, process.ProcessCancelled
 
     pid_file = tmp_path / "grandchild.pid"
     args = child(
@@ -434,38 +433,87 @@ def test_cancel_kills_the_whole_process_tree(tmp_path):
         runner.check()
 
 
-def test_batch_script_fails_with_one_line_and_status_2_on_a_missing_file(tmp_path):
+class WindowsOs:
+    """``os`` as ``process.py`` sees it on Windows: ``name == "nt"``, everything else this system's."""
+
+    name = "nt"
+
+    def __getattr__(self, attribute):
+        return getattr(os, attribute)
+
+
+class Taskkill:
+    """``subprocess`` with ``run`` standing in for Windows' ``taskkill``: it records each command; with ``/F`` it
+    kills the process group (as ``/F /T`` kills the tree), without ``/F`` it fails as it does for a child that has no
+    window. ``works=False``: it fails every time (access denied)."""
+
+    def __init__(self, works: bool = True) -> None:
+        self.works = works
+        self.commands: list[list[str]] = []
+
+    def run(self, command, **options):
+        import signal
+        import subprocess
+
+        self.commands.append(list(command))
+        if self.works and "/F" in command:
+            os.killpg(int(command[command.index("/PID") + 1]), signal.SIGKILL)
+            return subprocess.CompletedProcess(command, 0, b"", b"")
+        return subprocess.CompletedProcess(command, 1, b"", b"ERROR: The process could not be terminated.")
+
+    def __getattr__(self, attribute):
+        import subprocess
+
+        return getattr(subprocess, attribute)
+
+
+def sleeping_child():
+    runner = process_module().ChildProcess([sys.executable, "-c", "import time; time.sleep(60)"])
+    runner.start()
+    return runner
+
+
+@pytest.mark.skipif(os.name == "nt", reason="stands in for Windows on POSIX")
+def test_windows_cancel_kills_the_tree_with_forced_taskkill_at_once(monkeypatch):
+    """``taskkill /T`` without ``/F`` cannot end a console child without a window: it used to wait the grace time
+    for nothing, then force."""
+    process = process_module()
+    runner = sleeping_child()
+    taskkill = Taskkill()
+    with monkeypatch.context() as patch:
+        patch.setattr(process, "os", WindowsOs())
+        patch.setattr(process, "subprocess", taskkill)
+        started = time.monotonic()
+        runner.cancel(grace_s=5.0)
+        elapsed = time.monotonic() - started
+    assert taskkill.commands == [["taskkill", "/F", "/T", "/PID", str(runner.process.pid)]]
+    assert elapsed < 2.5 and runner.process.poll() is not None
+    with pytest.raises(process.ProcessCancelled):
+        runner.check()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="stands in for Windows on POSIX")
+def test_windows_cancel_ends_the_child_even_when_taskkill_fails(monkeypatch):
+    process = process_module()
+    runner = sleeping_child()
+    with monkeypatch.context() as patch:
+        patch.setattr(process, "os", WindowsOs())
+        patch.setattr(process, "subprocess", Taskkill(works=False))
+        canceller = threading.Thread(target=runner.cancel, kwargs={"grace_s": 0.5})
+        canceller.start()
+        canceller.join(timeout=5.0)
+        hung = canceller.is_alive()
+        if hung:
+            runner.process.kill()  # let the waiting thread end before failing
+            canceller.join()
+    assert not hung, "cancel kept waiting for a child that taskkill could not end"
+    assert runner.cancelled and runner.process.returncode is not None
+
+
+def test_the_installed_layout_finds_regseglib_beside_the_modules(installed_modules):
     import subprocess
 
-    completed = subprocess.run(
-        [sys.executable, str(REPOSITORY_ROOT / "Scripts" / "slicer_register.py"), "--fixed", str(tmp_path / "absent.nrrd"),
-         "--moving", str(tmp_path / "absent.nrrd"), "--output-dir", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert completed.returncode == 2
-    assert completed.stderr.strip().splitlines()[-1] == f"slicer_register: error: {tmp_path / 'absent.nrrd'}: file not found"
-
-
-def installed_extension(folder: Path) -> Path:
-    """What CMake installs into ``qt-scripted-modules``: the module files and resources, RegSegLib, the batch script."""
-    import shutil
-
-    modules = folder / "qt-scripted-modules"
-    files = [(p, p.relative_to(MODULE_FOLDER)) for p in cmake_listed_files(MODULE_FOLDER / "CMakeLists.txt")]
-    files += [(p, p.relative_to(REPOSITORY_ROOT)) for p in (REPOSITORY_ROOT / "RegSegLib").rglob("*.py")]
-    top = (REPOSITORY_ROOT / "CMakeLists.txt").read_text()
-    assert re.search(r"install\(FILES Scripts/slicer_register.py\s+DESTINATION \$\{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR\}/Scripts", top)
-    files.append((REPOSITORY_ROOT / "Scripts" / "slicer_register.py", Path("Scripts") / "slicer_register.py"))
-    for source, relative in files:
-        (modules / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, modules / relative)
-    return modules
-
-
-def test_the_installed_layout_finds_regseglib_beside_the_modules(tmp_path):
-    import subprocess
-
-    modules = installed_extension(tmp_path)
+    modules = installed_modules
     completed = subprocess.run(
         [sys.executable, "-c", "from RegSegSlicerLib import paths; print(paths.regseglib_root()); print(paths.MODULE_FOLDER)"],
         cwd=str(modules), capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(modules)},
@@ -487,14 +535,14 @@ print(sorted(name for name in sys.modules if name == "torch" or name.startswith(
 
 
 @pytest.mark.parametrize("situation", ["installed extension", "source checkout", "installed package"])
-def test_the_slicer_glue_imports_regseglib_settings_in_the_three_situations(tmp_path, situation):
+def test_the_slicer_glue_imports_regseglib_settings_in_the_three_situations(tmp_path, installed_modules, situation):
     """DESIGN.md section 1: RegSegLib beside the installed modules, in the checkout above RegSeg/, or pip-installed;
     importing the glue (which validates requests with RegSegLib.registration.settings) never imports torch."""
     import shutil
     import subprocess
 
     if situation == "installed extension":
-        modules = installed_extension(tmp_path)
+        modules = installed_modules
         expected = modules / "RegSegLib"
     elif situation == "source checkout":
         modules, expected = MODULE_FOLDER, REPOSITORY_ROOT / "RegSegLib"
@@ -515,68 +563,6 @@ def test_the_slicer_glue_imports_regseglib_settings_in_the_three_situations(tmp_
         str(expected / "registration" / "settings.py"),
         "[]",
     ]
-
-
-@pytest.mark.parametrize("layout", ["checkout", "installed"])
-def test_batch_script_registers_real_volumes_with_advanced_settings(tmp_path, shared_data, layout):
-    """The batch script end to end on two prostate MR volumes (MRML from slicer-core, the child runs RegSegLib),
-    from the source checkout and from the folder layout of an installed extension."""
-    import json
-    import subprocess
-
-    import numpy as np
-    import SimpleITK as sitk
-    import torch
-
-    from RegSegLib import geometry
-    from RegSegLib.io.transforms import read_transform
-    from RegSegLib.io.volumes import read_volume
-
-    if layout == "checkout":
-        script = REPOSITORY_ROOT / "Scripts" / "slicer_register.py"
-    else:
-        script = installed_extension(tmp_path / "extension") / "Scripts" / "slicer_register.py"
-    folder = shared_data / "prostate-mr-us" / "mr"
-    out = tmp_path / "out"
-    completed = subprocess.run(
-        [sys.executable, str(script), "--fixed", str(folder / "case000000.nii.gz"),
-         "--moving", str(folder / "case000001.nii.gz"), "--output-dir", str(out), "--transform", "rigid",
-         "--device", "cpu", "--levels", "2,1", "--iterations", "20,10"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr
-    # the saved transform node is RegSeg's result (ITK reads it; it maps points as RegSeg's own file does)
-    assert sitk.ReadTransform(str(out / "transform.h5")).GetDimension() == 3
-    saved, regseg = read_transform(out / "transform.h5"), read_transform(out / "regseg" / "transform.h5")
-    fixed, moving = read_volume(folder / "case000000.nii.gz"), read_volume(folder / "case000001.nii.gz")
-    ijk = 2.0 + np.random.default_rng(1).random((100, 3)) * (np.array(fixed.shape[::-1]) - 5.0)
-    points = torch.as_tensor(geometry.transform_points(fixed.ijk_to_ras, ijk))
-    ours = regseg.transform_points(points)
-    assert (saved.transform_points(points) - ours).abs().max() < 0.01
-    assert (ours - points).norm(dim=1).max() > 0.5
-    # the saved warped volume is RegSeg's warped image on the fixed grid, not the moving image
-    warped, regseg_warped = read_volume(out / "warped.nrrd"), read_volume(out / "regseg" / "warped.nii.gz")
-    assert warped.shape == fixed.shape and np.abs(warped.ijk_to_ras - fixed.ijk_to_ras).max() < 1e-4
-    value_range = float(moving.data.max() - moving.data.min())
-    assert (warped.data - regseg_warped.data).abs().max() < 1e-3 * value_range
-    assert (warped.data - moving.data).abs().mean() > 0.01 * value_range
-    settings = json.loads((out / "regseg" / "metrics.json").read_text())["settings"]
-    affine = settings["affine"]
-    assert (settings["method"], affine["family"], affine["levels"], affine["iterations"]) == ("affine", "rigid", [2.0, 1.0], [20, 10])
-
-
-def test_batch_script_rejects_a_bad_advanced_list_with_status_2(tmp_path, shared_data):
-    import subprocess
-
-    image = shared_data / "prostate-mr-us" / "mr" / "case000000.nii.gz"
-    completed = subprocess.run(
-        [sys.executable, str(REPOSITORY_ROOT / "Scripts" / "slicer_register.py"), "--fixed", str(image),
-         "--moving", str(image), "--output-dir", str(tmp_path / "out"), "--levels", "4,x"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert completed.returncode == 2
-    assert completed.stderr.strip().splitlines()[-1] == "slicer_register: error: The pyramid levels must be comma-separated numbers, got '4,x'."
-    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------------------------ advanced settings

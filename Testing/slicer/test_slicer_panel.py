@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from slicer_panel_standins import StandinApplication, child_widget_variables, load_ui
+from slicer_panel_standins import install_standin_application
 from slicer_standins import MODULE_FOLDER, import_file, require_mrml, slicer_module_standins
 
 slicer = require_mrml()
@@ -45,13 +45,7 @@ def read_label_map(path):
 def panel(shared_data, tmp_path, monkeypatch):
     """The panel set up on a scene with the prostate pair, in a stand-in application; cleaned up afterwards."""
     data = prostate_scene(shared_data)
-    app = StandinApplication(tmp_path)
-    monkeypatch.setattr(slicer, "app", app, raising=False)
-    monkeypatch.setattr(slicer, "mrmlScene", data["scene"], raising=False)
-    monkeypatch.setattr(slicer.util, "loadUI", load_ui)
-    monkeypatch.setattr(slicer.util, "childWidgetVariables", child_widget_variables)
-    monkeypatch.setattr(slicer.util, "errorDisplay", app.error_display)
-    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", app.set_slice_viewer_layers)
+    app = install_standin_application(monkeypatch, tmp_path, data["scene"])
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     with slicer_module_standins():
         module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
@@ -76,7 +70,10 @@ def test_the_panel_picks_the_volumes_binds_every_selector_to_the_scene_and_enabl
     widget, data, _ = panel
     parameters = widget._parameterNode
     assert (parameters.fixed_volume, parameters.moving_volume) == (data["fixed"], data["moving"])
-    assert widget.ui in parameters.connected_guis.values()
+    bound = dict(parameters.bound_widgets())
+    assert len(bound) == len(parameters.bound_widgets()) == len(parameters.parameter_names)  # each field bound once
+    assert all(bound_widget.property("SlicerParameterName") == name for name, bound_widget in bound.items())
+    assert bound["transform_family"] is widget.ui.transformFamilyComboBox
     selectors = [w for w in vars(widget.ui).values() if w.className in ("qMRMLNodeComboBox", "qMRMLSegmentSelectorWidget")]
     assert len(selectors) == 12 and all(s.mrmlScene() is data["scene"] for s in selectors)
     assert widget.ui.applyButton.enabled and widget.ui.applyButton.text == "Apply"
@@ -265,3 +262,93 @@ def test_the_in_slicer_self_test_passes_on_a_real_scene(shared_data, monkeypatch
         test = LocalSelfTest()
         test.runTest()
     assert data["scene"].GetFirstNodeByName("prostate MR shifted") is not None
+
+
+def test_without_an_output_volume_the_moving_volume_goes_under_the_result(panel):
+    widget, data, app = panel
+    scene, ui, parameters = data["scene"], widget.ui, widget._parameterNode
+    parameters.transform_family, parameters.levels, parameters.iterations = "rigid", "2", "5"
+    assert parameters.output_volume is None
+    ui.applyButton.click()
+    run_until_idle(widget)
+    assert app.errors == []
+    transform = scene.GetFirstNodeByName("moving MR to fixed MR (affine)")
+    assert data["moving"].GetParentTransformNode() is transform
+    assert ui.statusLabel.text == "Done: 'moving MR' is now under the transform 'moving MR to fixed MR (affine)'"
+    assert app.layers == [{"background": data["fixed"], "foreground": data["moving"], "foregroundOpacity": 0.5}]
+
+
+def test_install_questions_come_without_a_busy_cursor(panel, monkeypatch):
+    """The dependency check may ask to install torch or packages: its dialogs must not sit under a wait cursor."""
+    widget, _, app = panel
+    from RegSegSlicerLib import dependencies
+
+    cursors_when_asked = []
+
+    def ensure_dependencies(interactive=True):
+        cursors_when_asked.append(list(app.override_cursors))
+        raise dependencies.DependencyError("RegSeg's Python packages were not installed: nibabel>=5.0")  # declined
+
+    monkeypatch.setattr(dependencies, "ensure_dependencies", ensure_dependencies)
+    with pytest.raises(dependencies.DependencyError):
+        widget.ui.applyButton.click()
+    assert cursors_when_asked == [[]]
+    assert app.errors == ["Registration could not start.\n\nRegSeg's Python packages were not installed: nibabel>=5.0"]
+    assert widget.job is None and widget.ui.applyButton.text == "Apply" and app.override_cursors == []
+
+
+@pytest.mark.parametrize("step", ["the job's result import", "the panel's result display"])
+def test_a_key_error_after_the_child_ends_in_a_clean_state(panel, monkeypatch, step):
+    """Defect 8: a KeyError in the result import (metrics without per-label Dice) left the panel in Cancel, the
+    timer firing, the job importing and its temporary folder in place; the panel's own result handling likewise."""
+    widget, data, app = panel
+
+    def per_label_dice(*args):
+        return {"mean": 0.8}["per_label"]
+
+    from RegSegSlicerLib.registration import RegistrationJob
+
+    # a child that succeeds at once (regseg --version), then the step raising
+    monkeypatch.setattr(RegistrationJob, "child_arguments", lambda self, files, output_dir: ["--version"])
+    if step == "the job's result import":
+        monkeypatch.setattr(RegistrationJob, "import_results", per_label_dice)
+    else:
+        monkeypatch.setattr(RegistrationJob, "import_results", lambda self, folder: "outputs")
+        monkeypatch.setattr(widget, "show_results", per_label_dice)
+    before = scene_state(data["scene"])
+    widget.ui.applyButton.click()
+    job, work_dir = widget.job, widget.job.work_dir
+    assert work_dir.is_dir()
+    run_until_idle(widget)  # a tick raising would fail here
+    assert widget.job is None and not widget.timer.active
+    assert widget.ui.applyButton.text == "Apply" and widget.ui.applyButton.enabled
+    assert job.finished and not work_dir.exists()
+    assert len(app.errors) == 1 and app.errors[0].startswith("Registration failed: ")
+    assert "KeyError" in app.errors[0] and "per_label" in app.errors[0]
+    assert widget.ui.statusLabel.text == "Failed" and "KeyError" in widget.ui.logTextEdit.toPlainText()
+    if step == "the job's result import":
+        assert job.state.value == "failed" and scene_state(data["scene"]) == before
+
+
+def test_an_error_while_following_the_child_cancels_it_and_ends_in_a_clean_state(panel, monkeypatch):
+    widget, _, app = panel
+    widget._parameterNode.method = "deformable"
+    widget.ui.applyButton.click()
+    job = widget.job
+    child, work_dir = job.process.process, job.work_dir
+
+    failures, read = [OSError("the pipe broke")], job.process.poll
+
+    def poll():  # one tick's read fails; killing the child reads it again
+        if failures:
+            raise failures.pop()
+        return read()
+
+    monkeypatch.setattr(job.process, "poll", poll)
+    widget.timer.fire()
+    assert child.poll() is not None  # killed
+    assert widget.job is None and not widget.timer.active and widget.ui.applyButton.text == "Apply"
+    assert job.state.value == "cancelled" and not work_dir.exists()
+    assert app.errors == [
+        "Registration failed: unexpected error while running (OSError: the pipe broke); the Python console has the details."
+    ]

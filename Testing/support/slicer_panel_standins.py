@@ -58,6 +58,21 @@ class StandinWidget:
     def connect(self, signal: str, slot: Callable) -> None:
         self._slots.setdefault(signal, []).append(slot)
 
+    def disconnect(self, signal: str, slot: Callable) -> None:
+        """Removes one connection of ``slot`` (as Qt, an error when there is none)."""
+        slots = self._slots.get(signal, [])
+        if slot not in slots:
+            raise RuntimeError(f"{self.name}: {signal} is not connected to {slot}")
+        slots.remove(slot)
+
+    def connections(self, signal: str) -> int:
+        """How many slots ``signal`` reaches (what a test checks for stale connections)."""
+        return len(self._slots.get(signal, []))
+
+    def property(self, name: str):
+        """``QObject.property``: a designer property of the .ui (dynamic ones such as ``SlicerParameterName`` too), else ``None``."""
+        return self.__dict__.get(name)
+
     def emit(self, signal: str, *args) -> None:
         """Calls every slot connected to ``signal`` with the arguments it accepts (PythonQt drops the rest)."""
         for slot in list(self._slots.get(signal, [])):
@@ -121,6 +136,54 @@ class StandinPlainTextEdit(StandinWidget):
         return "\n".join(self._lines)
 
 
+class StandinComboBox(StandinWidget):
+    """Stand-in for ``QComboBox``/``ctkComboBox``: items, ``currentIndex`` and ``currentIndexChanged(int)`` as Qt emits
+    it (on every index change: clearing a filled box goes to -1, the first item added to an empty box to 0)."""
+
+    def __init__(self, class_name: str, name: str, properties: dict[str, Any]) -> None:
+        self._items: list[str] = []
+        self._index = -1
+        super().__init__(class_name, name, properties)
+
+    def _set_index(self, index: int) -> None:
+        if not -1 <= index < len(self._items):
+            raise IndexError(f"{self.name}: no item {index} among {self._items}")
+        if index != self._index:
+            self._index = index
+            self.emit("currentIndexChanged(int)", index)
+
+    @property
+    def currentIndex(self) -> int:
+        return self._index
+
+    @currentIndex.setter
+    def currentIndex(self, index: int) -> None:
+        self._set_index(index)
+
+    @property
+    def currentText(self) -> str:
+        return self._items[self._index] if self._index >= 0 else ""
+
+    def count(self) -> int:
+        return len(self._items)
+
+    def itemText(self, index: int) -> str:
+        return self._items[index]
+
+    def addItem(self, text: str) -> None:
+        self._items.append(str(text))
+        if self._index == -1:
+            self._set_index(0)
+
+    def clear(self) -> None:
+        self._items = []
+        self._set_index(-1)
+
+    def choose(self, text: str) -> None:
+        """The user picks ``text`` in the list."""
+        self._set_index(self._items.index(text))
+
+
 class StandinNodeComboBox(StandinWidget):
     """Stand-in for ``qMRMLNodeComboBox``: the scene, the current node and ``currentNodeChanged``."""
 
@@ -168,6 +231,8 @@ class StandinSegmentSelector(StandinNodeComboBox):
 
 STANDIN_CLASSES: dict[str, type[StandinWidget]] = {
     "qMRMLWidget": StandinMRMLWidget,
+    "QComboBox": StandinComboBox,
+    "ctkComboBox": StandinComboBox,
     "QPushButton": StandinPushButton,
     "QProgressBar": StandinProgressBar,
     "QPlainTextEdit": StandinPlainTextEdit,
@@ -184,6 +249,8 @@ def _build(element: ET.Element) -> StandinWidget:
             properties[prop.get("name")] = value
     widget_class = STANDIN_CLASSES.get(element.get("class"), StandinWidget)
     widget = widget_class(element.get("class"), element.get("name"), properties)
+    for item in element.findall("item"):
+        widget.addItem(_property_value(item.find("property")))
     widget.children = [_build(child) for child in _child_widgets(element)]
     return widget
 
@@ -242,12 +309,21 @@ class StandinApplication:
         python_slicer.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
         python_slicer.chmod(python_slicer.stat().st_mode | stat.S_IXUSR)
         self.override_cursors: list[int] = []
+        self.connections: dict[str, list] = {}
         self.processed_events = 0
         self.errors: list[str] = []
         self.layers: list[dict] = []
 
     def testingEnabled(self) -> bool:
         return False
+
+    def connect(self, signal: str, slot) -> None:
+        """Records a connection to an application signal; :meth:`emit` calls its slots."""
+        self.connections.setdefault(signal, []).append(slot)
+
+    def emit(self, signal: str) -> None:
+        for slot in self.connections.get(signal, []):
+            slot()
 
     def setOverrideCursor(self, cursor: int) -> None:
         self.override_cursors.append(cursor)
@@ -265,3 +341,18 @@ class StandinApplication:
     def set_slice_viewer_layers(self, **layers) -> None:
         """Stand-in for ``slicer.util.setSliceViewerLayers`` (needs the application's layout manager)."""
         self.layers.append(layers)
+
+
+def install_standin_application(monkeypatch, folder: Path, scene) -> StandinApplication:
+    """For one test (``monkeypatch`` undoes it): the stand-in ``slicer.app``, ``scene`` as ``slicer.mrmlScene``, and
+    the stand-ins of the ``slicer.util`` functions that need Qt (loading the .ui, message boxes, slice viewers)."""
+    import slicer
+
+    app = StandinApplication(folder)
+    monkeypatch.setattr(slicer, "app", app, raising=False)
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    monkeypatch.setattr(slicer.util, "loadUI", load_ui)
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", child_widget_variables)
+    monkeypatch.setattr(slicer.util, "errorDisplay", app.error_display)
+    monkeypatch.setattr(slicer.util, "setSliceViewerLayers", app.set_slice_viewer_layers)
+    return app

@@ -5,6 +5,7 @@ matrix and geometry helpers. Needs ``slicer-core``.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -12,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import slicer
 import vtk
+from vtk.util.numpy_support import vtk_to_numpy
 
 from geometry_cases import rotation_about
 from RegSegLib import geometry
@@ -139,5 +141,86 @@ def prostate_scene(shared_data: Path) -> dict:
     }
 
 
+def inner_points(volume, count: int, seed: int) -> np.ndarray:
+    """``[count, 3]`` random RAS points inside a volume node's grid, at least one voxel from its border."""
+    shape = np.array(slicer.util.arrayFromVolume(volume).shape[::-1], dtype=np.float64)
+    ijk = 1.0 + np.random.default_rng(seed).random((count, 3)) * (shape - 3.0)
+    return geometry.transform_points(node_ijk_to_ras(volume), ijk)
+
+
 def scene_state(scene) -> list[tuple[str, int]]:
     return [(scene.GetNthNode(n).GetID(), scene.GetNthNode(n).GetMTime()) for n in range(scene.GetNumberOfNodes())]
+
+
+def rigid(degrees: float, axis: str, translation_mm: Sequence[float], centre: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+    """``[4, 4]`` rotation about ``centre`` followed by a translation."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation_about(axis, degrees)
+    matrix[:3, 3] = np.asarray(centre) - matrix[:3, :3] @ np.asarray(centre) + np.asarray(translation_mm)
+    return matrix
+
+
+def add_linear_transform(scene, name: str, to_parent: np.ndarray):
+    """A linear transform node with the given "to parent" matrix (how Slicer moves the nodes under it)."""
+    node = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+    node.SetMatrixTransformToParent(vtk_matrix(to_parent))
+    return node
+
+
+def image_array(image) -> np.ndarray:
+    """``[K, J, I]`` array of a ``vtkImageData`` (or ``vtkOrientedImageData``) with one component."""
+    i, j, k = image.GetDimensions()
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i)
+
+
+def centroid_mm(mask: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
+    """RAS centroid (mm) of a ``[K, J, I]`` mask on a grid."""
+    kji = np.argwhere(mask)
+    return geometry.transform_points(ijk_to_ras, kji[:, ::-1].astype(np.float64)).mean(axis=0)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def mask_seen_from(
+    mask: np.ndarray, mask_ijk_to_ras: np.ndarray, mask_to_world: np.ndarray, shape_kji, ijk_to_ras: np.ndarray, to_world: np.ndarray
+) -> np.ndarray:
+    """A mask resampled (nearest voxel, numpy only) onto another grid, each grid under its own linear "to world" matrix.
+
+    Returns:
+        ``[K, J, I]`` bool array on the grid ``ijk_to_ras`` (shape ``shape_kji``).
+    """
+    k, j, i = shape_kji
+    ijk = np.stack(np.meshgrid(np.arange(i), np.arange(j), np.arange(k), indexing="ij"), -1).reshape(-1, 3).astype(np.float64)
+    to_mask_ijk = np.linalg.inv(mask_ijk_to_ras) @ np.linalg.inv(mask_to_world) @ to_world @ ijk_to_ras
+    source = np.rint(geometry.transform_points(to_mask_ijk, ijk)).astype(int)
+    inside = np.all((source >= 0) & (source < np.array(mask.shape[::-1])), axis=1)
+    values = np.zeros(len(ijk), dtype=bool)
+    values[inside] = mask[source[inside, 2], source[inside, 1], source[inside, 0]]
+    return values.reshape(i, j, k).transpose(2, 1, 0)
+
+
+def save_and_reopen_bundle(scene, folder: Path, observe_import=None):
+    """Saves ``scene`` as a Slicer data bundle (``.mrb``) and opens it in a new scene, as Slicer's File menu does.
+
+    Args:
+        observe_import: called as ``(scene, event)`` on the new scene's ``EndImportEvent`` (a module's observer).
+
+    Returns:
+        The new scene.
+    """
+    saved = folder / "saved"
+    saved.mkdir(parents=True)
+    logic = slicer.vtkMRMLApplicationLogic()
+    logic.SetMRMLScene(scene)
+    assert logic.SaveSceneToSlicerDataBundleDirectory(str(saved))
+    bundle = Path(shutil.make_archive(str(saved), "zip", folder, saved.name)).rename(folder / "saved.mrb")
+    reopened = slicer.vtkMRMLScene()
+    if observe_import is not None:
+        reopened.AddObserver(reopened.EndImportEvent, observe_import)
+    reopen_logic = slicer.vtkMRMLApplicationLogic()
+    reopen_logic.SetMRMLScene(reopened)
+    (folder / "opened").mkdir()
+    assert reopen_logic.OpenSlicerDataBundle(str(bundle), str(folder / "opened"))
+    return reopened

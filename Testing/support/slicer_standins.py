@@ -48,14 +48,21 @@ class StandinModulePanel:
 
 
 class ScriptedLoadableModuleWidget:
-    """Stand-in: the widget base; ``parent``, ``layout``, ``setup`` and ``resourcePath`` as in Slicer."""
+    """Stand-in: the widget base; ``parent``, ``layout``, ``moduleName``, ``setup``, ``resourcePath`` and
+    ``onReload`` (``slicer.util.reloadScriptedModule`` of the module, nothing else) as in Slicer."""
 
     def __init__(self, parent=None) -> None:
         self.parent = parent if parent is not None else StandinModulePanel()
         self.layout = StandinLayout()
+        self.moduleName = type(self).__name__.removesuffix("Widget")
 
     def setup(self) -> None:
         pass
+
+    def onReload(self) -> None:
+        import slicer
+
+        slicer.util.reloadScriptedModule(self.moduleName)
 
     def resourcePath(self, filename: str) -> str:
         return str(MODULE_FOLDER / "Resources" / filename)
@@ -82,10 +89,10 @@ class ScriptedLoadableModuleLogic:
 
 
 class ScriptedLoadableModuleTest(unittest.TestCase):
-    """Stand-in: the in-Slicer test base."""
+    """Stand-in: the in-Slicer test base; ``delayDisplay`` messages are kept in ``displayed``."""
 
     def delayDisplay(self, message: str, msec: int = 0) -> None:
-        pass
+        self.__dict__.setdefault("displayed", []).append(message)
 
 
 class Choice:
@@ -146,21 +153,114 @@ def _parameter_property(name: str, default, holds_nodes: bool) -> property:
     return property(get, set)
 
 
+EMULATED_SLICER_VERSION = (5, 10, 0)
+"""The Slicer version whose parameter node wrapper the stand-in behaves as (set by :func:`slicer_module_standins`)."""
+CONNECT_GUI_RETURNS_TAG_FROM = (5, 10, 0)
+"""``connectGui`` of Slicer 5.6.2-5.8.1 makes a connection but returns ``None`` instead of its tag (fixed in 5.10)."""
+COMBO_BOX_CLASSES = ("QComboBox", "ctkComboBox")
+
+
+class ComboBoxConnector:
+    """Stand-in for ``guiConnectors.QComboBoxToStringableConnector``: as the real one, it refills the combo box with
+    the field's choices when created (the combo box reports each index change while it does), writes a value as
+    the current index, reads the current index as a choice (index -1 reads the last one, as Python indexing does
+    in the real connector) and reports ``currentIndexChanged`` to its callback."""
+
+    def __init__(self, widget, choices) -> None:
+        self.widget, self.choices, self.callback = widget, list(choices), None
+        widget.clear()
+        for choice in self.choices:
+            widget.addItem(str(choice))
+
+    def onChanged(self, callback) -> None:
+        if callback is None:
+            self.widget.disconnect("currentIndexChanged(int)", self.changed)
+        else:
+            self.widget.connect("currentIndexChanged(int)", self.changed)
+        self.callback = callback
+
+    def changed(self) -> None:
+        if self.callback is not None:
+            self.callback()
+
+    def read(self):
+        return self.choices[self.widget.currentIndex]
+
+    def write(self, value) -> None:
+        if value not in self.choices:
+            raise ValueError(f"Unable to find value {value} in choices {self.choices}")
+        self.widget.currentIndex = self.choices.index(value)
+
+
+class BindingRecord:
+    """Stand-in connector of the other widgets: records the binding only (tests set those fields as the widgets would)."""
+
+    def __init__(self, widget) -> None:
+        self.widget, self.callback = widget, None
+
+    def onChanged(self, callback) -> None:
+        self.callback = callback
+
+    def write(self, value) -> None:
+        pass
+
+
+def _gui_connector(widget, hint):
+    if widget.className not in COMBO_BOX_CLASSES:
+        return BindingRecord(widget)
+    choices = [item for item in getattr(hint, "__metadata__", ()) if isinstance(item, Choice)]
+    if not choices:
+        raise RuntimeError("ComboBoxToStringableConnector requires the Choice annotation to be used.")
+    return ComboBoxConnector(widget, choices[0].choices)
+
+
+def _gui_to_parameter(wrapper, name: str, connector):
+    def callback() -> None:
+        if not wrapper._updatingGUIFromParameterNode:
+            setattr(wrapper, name, connector.read())
+
+    return callback
+
+
+def _update_gui(wrapper) -> None:
+    """What the real wrapper does on each ModifiedEvent of its node: writes every field to its bound widgets."""
+    if wrapper._updatingGUIFromParameterNode:
+        return
+    object.__setattr__(wrapper, "_updatingGUIFromParameterNode", True)
+    try:
+        for connectors in wrapper._parameterGUIs.values():
+            for name, connector in connectors.items():
+                connector.write(getattr(wrapper, name))
+    finally:
+        object.__setattr__(wrapper, "_updatingGUIFromParameterNode", False)
+
+
 def parameterNodeWrapper(cls):
     """Stand-in for ``slicer.parameterNodeWrapper.parameterNodeWrapper``.
 
     The wrapped class takes the MRML scripted module node and keeps every annotated field in it (so a new
     wrapper of the same node reads the same values, and setting a field fires the node's ``ModifiedEvent``);
-    observers are the node's; ``connectGui``/``disconnectGui`` only record the binding (binding widgets is Qt's
-    part: tests set the fields as the widgets would). ``parameter_defaults`` holds the class defaults.
+    observers are the node's. The GUI binding follows Slicer's ``wrapper.py``: each wrapper numbers its
+    connections from 0; ``connectParametersToGui`` creates the connectors (a combo box one refills its combo box),
+    writes the fields to them, connects their callbacks and observes the node for good, and returns the tag;
+    ``connectGui`` binds the widgets with a ``SlicerParameterName`` property the same way and returns the tag, or
+    ``None`` when emulating Slicer before 5.10 (:data:`EMULATED_SLICER_VERSION`); ``disconnectGui`` removes one
+    connection. ``parameter_defaults`` holds the class defaults.
     """
+    import vtk
+
     hints = typing.get_type_hints(cls, include_extras=True)
     names = list(cls.__annotations__)
     defaults = {name: getattr(cls, name, None) for name in names}
 
     def __init__(self, parameterNode) -> None:
-        object.__setattr__(self, "parameterNode", parameterNode)
-        object.__setattr__(self, "connected_guis", {})
+        for key, value in (
+            ("parameterNode", parameterNode),
+            ("_parameterGUIs", {}),
+            ("_nextParameterGUIsTag", 0),
+            ("_updatingGUIFromParameterNode", False),
+        ):
+            object.__setattr__(self, key, value)
 
     def __setattr__(self, name, value) -> None:
         if name not in names:
@@ -173,15 +273,34 @@ def parameterNodeWrapper(cls):
     def RemoveObserver(self, tag) -> None:
         self.parameterNode.RemoveObserver(tag)
 
-    def connectGui(self, gui) -> int:
-        tag = len(self.connected_guis) + 1
-        self.connected_guis[tag] = gui
+    def connectParametersToGui(self, mapping) -> int:
+        unknown = sorted(set(mapping) - set(names))
+        if unknown:
+            raise ValueError(f"Cannot find a param with the given name: {unknown[0]}")
+        connectors = {name: _gui_connector(widget, hints[name]) for name, widget in mapping.items()}
+        tag = self._nextParameterGUIsTag
+        object.__setattr__(self, "_nextParameterGUIsTag", tag + 1)
+        self._parameterGUIs[tag] = connectors
+        for name, connector in connectors.items():
+            connector.write(getattr(self, name))
+            connector.onChanged(_gui_to_parameter(self, name, connector))
+        self.AddObserver(vtk.vtkCommand.ModifiedEvent, lambda caller, event: _update_gui(self))
         return tag
 
-    def disconnectGui(self, tag) -> None:
-        self.connected_guis.pop(tag, None)
+    def connectGui(self, gui):
+        widgets = [widget for widget in vars(gui).values() if widget.property("SlicerParameterName")]
+        tag = self.connectParametersToGui({widget.property("SlicerParameterName"): widget for widget in widgets})
+        return tag if EMULATED_SLICER_VERSION >= CONNECT_GUI_RETURNS_TAG_FROM else None
 
-    for method in (__init__, __setattr__, AddObserver, RemoveObserver, connectGui, disconnectGui):
+    def disconnectGui(self, tag) -> None:
+        for connector in self._parameterGUIs.pop(tag, {}).values():
+            connector.onChanged(None)
+
+    def bound_widgets(self) -> list[tuple[str, typing.Any]]:
+        """Test helper: ``(field, widget)`` of every live connection of this wrapper."""
+        return [(name, c.widget) for connectors in self._parameterGUIs.values() for name, c in connectors.items()]
+
+    for method in (__init__, __setattr__, AddObserver, RemoveObserver, connectParametersToGui, connectGui, disconnectGui, bound_widgets):
         setattr(cls, method.__name__, method)
     for name in names:
         setattr(cls, name, _parameter_property(name, defaults[name], _holds_nodes(hints[name])))
@@ -266,8 +385,14 @@ def standin_modules() -> dict[str, types.ModuleType]:
 
 
 @contextlib.contextmanager
-def slicer_module_standins() -> Iterator[None]:
-    """Installs the stand-ins (and the module folder on ``sys.path``); restores everything afterwards."""
+def slicer_module_standins(slicer_version: tuple[int, int, int] = (5, 10, 0)) -> Iterator[None]:
+    """Installs the stand-ins (and the module folder on ``sys.path``); restores everything afterwards.
+
+    Args:
+        slicer_version: the Slicer whose parameter node wrapper the stand-in emulates (see :func:`parameterNodeWrapper`).
+    """
+    global EMULATED_SLICER_VERSION
+    emulated, EMULATED_SLICER_VERSION = EMULATED_SLICER_VERSION, tuple(slicer_version)
     added = standin_modules()
     saved = {name: sys.modules.get(name) for name in added}
     path_added = str(MODULE_FOLDER) not in sys.path
@@ -277,6 +402,7 @@ def slicer_module_standins() -> Iterator[None]:
     try:
         yield
     finally:
+        EMULATED_SLICER_VERSION = emulated
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)
