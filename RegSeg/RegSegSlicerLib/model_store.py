@@ -64,12 +64,13 @@ def model_rows(task: str, store: ModelStore | None = None) -> list[ModelRow]:
     return [ModelRow.of(model) for model in (store or ModelStore()).list_models(task)]
 
 
-def import_model(path: str | os.PathLike, task: str, store: ModelStore | None = None) -> ModelRow:
+def import_model(path: str | os.PathLike, task: str | tuple[str, ...], store: ModelStore | None = None) -> ModelRow:
     """Installs a model file for an offline site: ``NAME.pt`` with ``NAME.json`` beside it, or the ``NAME.json``.
 
     Args:
         path: the file the user chose.
-        task: the panel's task; a model of another task is refused before anything is copied.
+        task: the panel's task, or its tasks (registration: ``("affine", "elastic")``); a model of another task is
+            refused before anything is copied.
         store: the store (default: the user's).
 
     Raises:

@@ -200,7 +200,11 @@ class ModelStore:
         return StoredModel(entry, target, False)
 
     def import_file(
-        self, path: str | os.PathLike, entry: ModelEntry | None = None, replace: bool = False, task: str | None = None
+        self,
+        path: str | os.PathLike,
+        entry: ModelEntry | None = None,
+        replace: bool = False,
+        task: str | tuple[str, ...] | None = None,
     ) -> StoredModel:
         """Installs a model file from disk (offline sites).
 
@@ -209,7 +213,7 @@ class ModelStore:
                 ``NAME.pt`` + ``NAME.json``), or a sidecar ``.json`` whose ``file`` names the weights beside it.
             entry: the manifest entry, when not in a sidecar.
             replace: replace an installed model of the same name.
-            task: refuse a model of another task (a panel imports only models of its own task).
+            task: refuse a model of another task (a panel imports only models of its own task or tasks).
 
         Raises:
             InputError: a missing file or sidecar, a bad entry, a model of another task, or a file whose size or
@@ -229,8 +233,9 @@ class ModelStore:
                 raise InputError(path, f"no manifest entry: put it in {sidecar.name} beside the file (one JSON object)")
             entry = read_entry(sidecar)
             weights = path
-        if task is not None and entry.task != task:
-            raise InputError(path, f"model {entry.name!r} is for {entry.task}, not {task}; nothing installed")
+        tasks = (task,) if isinstance(task, str) else task
+        if tasks is not None and entry.task not in tasks:
+            raise InputError(path, f"model {entry.name!r} is for {entry.task}, not {' or '.join(tasks)}; nothing installed")
         check_exists(weights)
         return self.install(entry, weights, move=False, replace=replace)
 

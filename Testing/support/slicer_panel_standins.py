@@ -132,6 +132,9 @@ class StandinPlainTextEdit(StandinWidget):
     def appendPlainText(self, text: str) -> None:
         self._lines.append(text)
 
+    def setPlainText(self, text: str) -> None:
+        self._lines = text.split("\n") if text else []
+
     def toPlainText(self) -> str:
         return "\n".join(self._lines)
 
@@ -344,11 +347,13 @@ class StandinApplication:
 
 
 def install_standin_application(monkeypatch, folder: Path, scene) -> StandinApplication:
-    """For one test (``monkeypatch`` undoes it): the stand-in ``slicer.app``, ``scene`` as ``slicer.mrmlScene``, and
-    the stand-ins of the ``slicer.util`` functions that need Qt (loading the .ui, message boxes, slice viewers)."""
+    """For one test (``monkeypatch`` undoes it): the stand-in ``slicer.app``, ``scene`` as ``slicer.mrmlScene``, the
+    stand-ins of the ``slicer.util`` functions that need Qt (loading the .ui, message boxes, slice viewers), and an
+    empty model store (``REGSEG_HOME`` in ``folder``) instead of the user's."""
     import slicer
 
     app = StandinApplication(folder)
+    monkeypatch.setenv("REGSEG_HOME", str(folder / "regseg-home"))
     monkeypatch.setattr(slicer, "app", app, raising=False)
     monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
     monkeypatch.setattr(slicer.util, "loadUI", load_ui)

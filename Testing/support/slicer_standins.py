@@ -352,6 +352,19 @@ class QThread:
         time.sleep(msec / 1000.0)
 
 
+class QFileDialog:
+    """Stand-in for ``qt.QFileDialog``'s static open dialog: returns :attr:`answer` (the file the test makes the user
+    pick; ``""`` is Cancel) and records each request's ``(caption, filter)`` in :attr:`requests`."""
+
+    answer = ""
+    requests: list[tuple[str, str]] = []
+
+    @classmethod
+    def getOpenFileName(cls, parent, caption: str = "", folder: str = "", filter: str = "") -> str:
+        cls.requests.append((caption, filter))
+        return cls.answer
+
+
 def _module(name: str, **attributes) -> types.ModuleType:
     module = types.ModuleType(name)
     module.__dict__.update(attributes)
@@ -369,7 +382,7 @@ def _tr(text: str) -> str:
 def standin_modules() -> dict[str, types.ModuleType]:
     """The stand-in modules by import name."""
     return {
-        "qt": _module("qt", QTimer=QTimer, QThread=QThread, Qt=Qt),
+        "qt": _module("qt", QTimer=QTimer, QThread=QThread, Qt=Qt, QFileDialog=QFileDialog),
         "slicer.ScriptedLoadableModule": _module(
             "slicer.ScriptedLoadableModule",
             ScriptedLoadableModule=ScriptedLoadableModule,
