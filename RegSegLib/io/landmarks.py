@@ -28,23 +28,41 @@ def read_landmarks(path: str | os.PathLike) -> dict[str, np.ndarray]:
         dict of ``[N, 3]`` float64 arrays.
 
     Raises:
-        InputError: missing file, unknown layout or non-numeric values.
+        InputError: missing file, unknown layout, non-numeric, NaN or infinite values.
     """
     path = Path(path)
     check_exists(path)
     name = path.name.lower()
     try:
         if name.endswith(".json"):
-            return {"points": _read_markups_json(path)}
-        if name.endswith(".fcsv"):
-            return {"points": _read_fcsv(path)}
-        if name.endswith(".csv"):
-            return _read_landmark_csv(path)
+            points = {"points": _read_markups_json(path)}
+        elif name.endswith(".fcsv"):
+            points = {"points": _read_fcsv(path)}
+        elif name.endswith(".csv"):
+            points = _read_landmark_csv(path)
+        else:
+            raise InputError(path, "unsupported landmark format; use .csv, .fcsv or Slicer .mrk.json")
     except InputError:
         raise
     except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise InputError(path, f"cannot read landmarks ({exc})") from exc
-    raise InputError(path, "unsupported landmark format; use .csv, .fcsv or Slicer .mrk.json")
+    _check_finite(points, path)
+    return points
+
+
+def _check_finite(points: dict[str, np.ndarray], path: Path) -> None:
+    """Refuses NaN or infinite coordinates, naming the first point (1-based) that holds one."""
+    for name, array in points.items():
+        finite = np.isfinite(array).all(axis=-1)
+        if not finite.all():
+            first = int(np.argmin(finite)) + 1
+            count = int((~finite).sum())
+            where = f"{name} " if len(points) > 1 else ""
+            raise InputError(
+                path,
+                f"{where}point {first} has a NaN or infinite coordinate ({count} of {len(finite)} points do); "
+                f"every landmark needs three finite coordinates",
+            )
 
 
 def _read_landmark_csv(path: Path) -> dict[str, np.ndarray]:

@@ -28,7 +28,6 @@ Formats:
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ import torch
 
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
+from RegSegLib.io.checks import check_voxel_geometry
 from RegSegLib.io.files import atomic_output, full_suffix
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField
 
@@ -61,7 +61,8 @@ def read_transform(path: str | os.PathLike) -> AnyTransform:
 
     Raises:
         InputError: missing or unreadable file, unsupported suffix or transform kind, 2D transform,
-            or an image that is not a 3D displacement field.
+            an image that is not a 3D displacement field, NaN or infinite values, or a singular
+            matrix (:func:`check_transform`).
     """
     path = Path(path)
     if not path.exists():
@@ -70,14 +71,51 @@ def read_transform(path: str | os.PathLike) -> AnyTransform:
         raise InputError(path, "is not a readable file")
     suffix = full_suffix(path)
     if suffix in TRANSFORM_FILE_SUFFIXES:
-        return _read_itk_transform_file(path)
+        return check_transform(_read_itk_transform_file(path), path)
     if suffix in FIELD_READ_SUFFIXES:
-        return _read_displacement_image(path)
+        return check_transform(_read_displacement_image(path), path)
     raise InputError(
         path,
         f"unsupported transform format {suffix or '(no suffix)'}; use an ITK transform file "
         f"(.tfm, .txt, .h5) or a displacement field (.nii.gz, .nrrd)",
     )
+
+
+SINGULAR_RATIO = 1e-6
+"""An affine matrix whose smallest singular value is below this fraction of its largest is singular:
+it flattens space onto a plane or a line, and its inverse (needed to warp) does not exist."""
+
+
+def check_transform(transform: AnyTransform, path: str | os.PathLike | None) -> AnyTransform:
+    """Returns ``transform`` if it can be used: finite values and, for affine parts, an invertible matrix.
+
+    Raises:
+        InputError: an affine part with NaN or infinite entries or a singular 3x3 part, or a displacement
+            field with NaN or infinite vectors (naming the part of a composite).
+    """
+    parts = transform.flattened() if isinstance(transform, CompositeTransform) else [transform]
+    for number, part in enumerate(parts, start=1):
+        where = f"part {number} of {len(parts)} of the composite transform" if len(parts) > 1 else "transform"
+        if isinstance(part, AffineTransform):
+            matrix = np.asarray(part.matrix, dtype=np.float64)
+            if not np.isfinite(matrix).all():
+                raise InputError(path, f"{where} has NaN or infinite matrix entries")
+            values = np.linalg.svd(matrix[:3, :3], compute_uv=False)
+            if values[-1] <= SINGULAR_RATIO * values[0]:
+                raise InputError(
+                    path,
+                    f"{where} is singular (its matrix flattens space; determinant {np.linalg.det(matrix[:3, :3]):.3g}) "
+                    f"and has no inverse; give an invertible affine transform",
+                )
+        elif isinstance(part, DisplacementField):
+            vectors = part.field
+            finite = torch.isfinite(vectors).all(dim=0)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise InputError(
+                    path, f"{where} is a displacement field with NaN or infinite vectors at {bad} of {finite.numel()} voxels"
+                )
+    return transform
 
 
 def write_transform(transform: AnyTransform, path: str | os.PathLike) -> None:
@@ -230,13 +268,36 @@ def _read_displacement_image(path: Path) -> DisplacementField:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(path, f"cannot read displacement field image ({_last_line(exc)})") from exc
-    return _field_from_sitk_image(image, path)
+    field = _field_from_sitk_image(image, path)
+    if full_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti_values_finite(path)
+    return field
+
+
+def _check_nifti_values_finite(path: Path) -> None:
+    """ITK reads NaN vectors of a NIfTI field as zeros; the stored values are checked here instead."""
+    import nibabel as nib
+
+    values = np.asanyarray(nib.load(str(path)).dataobj)
+    if np.issubdtype(values.dtype, np.floating) and not bool(np.isfinite(values).all()):
+        voxels = ~np.isfinite(values).reshape(-1, values.shape[-1]).all(axis=-1)
+        raise InputError(
+            path,
+            f"transform is a displacement field with NaN or infinite vectors at {int(voxels.sum())} of {voxels.size} voxels",
+        )
 
 
 def _field_from_sitk_image(image, path: str | os.PathLike | None) -> DisplacementField:
     import SimpleITK as sitk
 
     components = image.GetNumberOfComponentsPerPixel()
+    size = image.GetSize()
+    if image.GetDimension() == 5 and components == 1 and size[3] == 1 and size[4] == 3:
+        raise InputError(
+            path,
+            f"holds 3 values per voxel ({size[0]} x {size[1]} x {size[2]} x 1 x 3) but no NIfTI vector intent code, "
+            f"so it is not read as a displacement field; set intent_code {NIFTI_INTENT_DISPVECT} (NIFTI_INTENT_DISPVECT)",
+        )
     if image.GetDimension() != 3:
         raise InputError(
             path, f"is a {image.GetDimension()}D image; a displacement field is a 3D image of 3-component vectors"
@@ -251,6 +312,7 @@ def _field_from_sitk_image(image, path: str | os.PathLike | None) -> Displacemen
     vectors[..., :2] *= -1.0
     field = torch.from_numpy(np.ascontiguousarray(np.moveaxis(vectors, -1, 0)).astype(np.float32))
     ijk_to_ras = geometry.ijk_to_ras_from_itk(image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    check_voxel_geometry(ijk_to_ras, None if path is None else os.fspath(path), "displacement field geometry")
     return DisplacementField(field, ijk_to_ras)
 
 
@@ -284,8 +346,7 @@ def _write_sitk_field(field: DisplacementField, filename: str) -> None:
 
 
 def _last_line(exc: Exception) -> str:
-    """The last line of an ITK exception without its ``ITK ERROR: Class(0x...):`` prefix."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    if not lines:
-        return "unknown reason"
-    return re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\):\s*", "", lines[-1])[:200]
+    """The reason an ITK exception gives (:func:`RegSegLib.io.volumes.itk_error_reason`)."""
+    from RegSegLib.io.volumes import itk_error_reason
+
+    return itk_error_reason(exc)

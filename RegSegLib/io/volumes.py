@@ -9,6 +9,8 @@ so a failed write leaves nothing half-written.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import torch
 
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
+from RegSegLib.io.checks import check_voxel_geometry
 from RegSegLib.io.files import atomic_output, check_exists, full_suffix
 from RegSegLib.volume import Volume
 
@@ -34,7 +37,9 @@ def read_volume(path: str | os.PathLike) -> Volume:
         Volume ``[C, K, J, I]``; integer files stay integer, scaled or float files become float32.
 
     Raises:
-        InputError: missing, unreadable, unsupported or 2D input.
+        InputError: missing, unreadable, unsupported or 2D input; complex values; a voxel geometry
+            that is singular, sheared or has a zero, negative or non-finite NIfTI voxel size
+            (:func:`RegSegLib.io.checks.check_voxel_geometry`); a folder of several DICOM series.
     """
     path = Path(path)
     check_exists(path)
@@ -57,11 +62,21 @@ def read_volume(path: str | os.PathLike) -> Volume:
 def _read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
+    from nibabel.imageglobals import LoggingOutputSuppressor
+
     try:
-        image = nib.load(str(path))
-        raw = np.asanyarray(image.dataobj)
+        # nibabel logs and warns about (and silently fixes) bad headers; the checks below say it in one line
+        with LoggingOutputSuppressor(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = nib.load(str(path))
+            _check_nifti_header(_raw_nifti_header(image, path), path)
+            affine = np.asarray(image.affine, dtype=np.float64)
+            raw = np.asanyarray(image.dataobj)
+    except InputError:
+        raise
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(path, f"cannot read NIfTI file ({exc})") from exc
+    _check_real(raw, path)
     if raw.ndim < 3 or (raw.ndim == 3 and 1 in raw.shape[:2] and raw.shape[2] == 1):
         raise InputError(path, f"is a 2D image of shape {raw.shape}; a 3D volume is needed")
     if raw.ndim == 5 and raw.shape[3] == 1:
@@ -72,7 +87,40 @@ def _read_nifti(path: Path) -> Volume:
         raw = raw[..., None]
     data = np.ascontiguousarray(np.transpose(raw, (3, 2, 1, 0)))
     data = _torch_friendly(data)
-    return Volume(torch.from_numpy(data), np.asarray(image.affine, dtype=np.float64))
+    return Volume(torch.from_numpy(data), affine)
+
+
+def _raw_nifti_header(image, path: Path):
+    """The header as stored: nibabel's loaded header has bad ``pixdim`` values already replaced."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path)) as handle:
+        return type(image.header).from_fileobj(handle, check=False)
+
+
+def _check_nifti_header(header, path: Path) -> None:
+    """Refuses voxel sizes (``pixdim``) that are zero, negative or not finite, and singular or sheared
+    ``sform``/``qform`` matrices (the one nibabel's affine comes from)."""
+    spatial = int(min(max(int(header["dim"][0]), 1), 3))
+    pixdim = np.asarray(header["pixdim"][1 : 1 + spatial], dtype=np.float64)
+    if not np.isfinite(pixdim).all() or np.any(pixdim <= 0):
+        values = " ".join(f"{v:g}" for v in pixdim)
+        raise InputError(path, f"has NIfTI voxel sizes (pixdim) {values}; every voxel size must be a positive number of mm")
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    if sform_code > 0:
+        check_voxel_geometry(header.get_sform(), path, "NIfTI sform")
+    elif qform_code > 0:
+        quaternion = np.asarray([header["quatern_b"], header["quatern_c"], header["quatern_d"]], dtype=np.float64)
+        if not np.isfinite(quaternion).all() or float(quaternion @ quaternion) > 1.0 + 1e-6:
+            raise InputError(path, "has an invalid NIfTI qform (quaternion of norm above 1 or not finite)")
+        check_voxel_geometry(header.get_qform(), path, "NIfTI qform")
+
+
+def _check_real(array: np.ndarray, path: Path) -> None:
+    if np.iscomplexobj(array):
+        raise InputError(
+            path, f"holds complex values ({array.dtype}); RegSeg needs a real-valued image (save its magnitude)"
+        )
 
 
 def _torch_friendly(data: np.ndarray) -> np.ndarray:
@@ -94,6 +142,7 @@ def _sitk_to_volume(image, path: Path) -> Volume:
     if dimension > 4:
         raise InputError(path, f"has {dimension} dimensions; a 3D or 4D volume is needed")
     array = sitk.GetArrayFromImage(image)
+    _check_real(array, path)
     if dimension == 4:
         origin, spacing = image.GetOrigin()[:3], image.GetSpacing()[:3]
         direction = np.asarray(image.GetDirection()).reshape(4, 4)[:3, :3].reshape(-1)
@@ -104,7 +153,27 @@ def _sitk_to_volume(image, path: Path) -> Volume:
         origin, spacing, direction = image.GetOrigin(), image.GetSpacing(), image.GetDirection()
         data = array[None] if image.GetNumberOfComponentsPerPixel() == 1 else np.moveaxis(array, -1, 0)
     data = _torch_friendly(np.ascontiguousarray(data))
-    return Volume(torch.from_numpy(data), geometry.ijk_to_ras_from_itk(origin, spacing, direction))
+    if not np.all(np.asarray(spacing, dtype=np.float64) > 0):
+        raise InputError(path, f"has voxel sizes {' '.join(f'{v:g}' for v in spacing)}; every voxel size must be positive")
+    ijk_to_ras = geometry.ijk_to_ras_from_itk(origin, spacing, direction)
+    check_voxel_geometry(ijk_to_ras, str(path), "voxel geometry (spacing and directions)")
+    return Volume(torch.from_numpy(data), ijk_to_ras)
+
+
+def itk_error_reason(exc: Exception) -> str:
+    """The reason an ITK exception gives, as one line without its ``ITK ERROR: Class(0x...):`` prefix.
+
+    ITK messages span several lines (a direction matrix is printed row by row), so the whole text after
+    the prefix is joined; a singular direction matrix is said in words.
+    """
+    text = str(exc).strip()
+    if not text:
+        return "unknown reason"
+    match = re.search(r"ITK ERROR: \w+\(0x[0-9a-fA-F]+\):\s*(.*)", text, flags=re.DOTALL)
+    reason = " ".join((match.group(1) if match else text.splitlines()[-1]).split())
+    if "Bad direction, determinant is 0" in reason:
+        return "its direction matrix is singular (determinant 0): the voxel axes do not span 3D space"
+    return reason[:200]
 
 
 def _read_with_sitk(path: Path) -> Volume:
@@ -113,8 +182,7 @@ def _read_with_sitk(path: Path) -> Volume:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
-        raise InputError(path, f"cannot read image ({reason[:200]})") from exc
+        raise InputError(path, f"cannot read image ({itk_error_reason(exc)})") from exc
     return _sitk_to_volume(image, path)
 
 
@@ -123,6 +191,14 @@ def _read_dicom_series(folder: Path) -> Volume:
 
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
+        below = _series_folders_below(folder)
+        if below:
+            names = ", ".join(str(Path(f).relative_to(folder)) for f in below[:5]) + (", ..." if len(below) > 5 else "")
+            raise InputError(
+                folder,
+                f"folder holds no DICOM files itself but {len(below)} DICOM series folder(s) below it ({names}); "
+                f"give one series folder, e.g. {below[0]}",
+            )
         raise InputError(folder, "folder holds no DICOM series")
     if len(series) > 1:
         raise InputError(folder, f"folder holds {len(series)} DICOM series ({', '.join(series)}); give one series folder")
@@ -132,10 +208,25 @@ def _read_dicom_series(folder: Path) -> Volume:
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(folder, f"cannot read DICOM series ({str(exc).strip().splitlines()[-1][:200]})") from exc
+        raise InputError(folder, f"cannot read DICOM series ({itk_error_reason(exc)})") from exc
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         raise InputError(folder, "DICOM series has a single slice; a 3D volume is needed")
     return _sitk_to_volume(image, folder)
+
+
+def _series_folders_below(folder: Path, limit: int = 50) -> list[str]:
+    """Subfolders (any depth, in name order) that hold a DICOM series, at most ``limit`` of them."""
+    import SimpleITK as sitk
+
+    found: list[str] = []
+    for root, dirs, _files in os.walk(folder):
+        dirs.sort()
+        if Path(root) != folder and sitk.ImageSeriesReader.GetGDCMSeriesIDs(root):
+            found.append(root)
+            dirs.clear()  # a series folder's own subfolders are not searched
+            if len(found) >= limit:
+                break
+    return found
 
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> None:
