@@ -34,11 +34,10 @@ from RegSegSlicerLib.paths import ensure_regseglib_importable
 
 ensure_regseglib_importable()
 
-from RegSegLib.errors import RegSegError  # noqa: E402
 from RegSegLib.registration import settings  # noqa: E402  (torch-free: the methods' names and rules)
-from RegSegSlicerLib import model_store, nodes  # noqa: E402
+from RegSegSlicerLib import nodes  # noqa: E402
 from RegSegSlicerLib.jobs import JobState  # noqa: E402
-from RegSegSlicerLib.panel import JobPanelMixin  # noqa: E402
+from RegSegSlicerLib.panel import JobPanelMixin, ModelSectionMixin  # noqa: E402
 from RegSegSlicerLib.registration import (  # noqa: E402
     RegistrationJob,
     RegistrationOutputs,
@@ -49,7 +48,6 @@ from RegSegSlicerLib.registration import (  # noqa: E402
 DEFAULT_METRIC = "default"
 MAX_REGULARISATION = 1000.0
 MAX_SPACING_MM = 50.0
-MODEL_TASKS = ("affine", "elastic")
 """The model store tasks whose models the Models section lists and imports."""
 
 
@@ -132,11 +130,12 @@ class RegSegRegistrationParameterNode:
 #
 
 
-class RegSegRegistrationWidget(JobPanelMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+class RegSegRegistrationWidget(JobPanelMixin, ModelSectionMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: wires the .ui to the parameter node and the Logic; Apply, Cancel, progress and the job's life are
     :class:`RegSegSlicerLib.panel.JobPanelMixin`'s."""
 
     job_class = RegistrationJob
+    model_tasks = ("affine", "elastic")
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -153,12 +152,9 @@ class RegSegRegistrationWidget(JobPanelMixin, ScriptedLoadableModuleWidget, VTKO
         self.setup_panel()
         self.ui.fixedMaskSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.update_segment_selectors)
         self.ui.movingMaskSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.update_segment_selectors)
-        self._model_rows = []
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
-        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
+        self.setup_model_section()
         self.initializeParameterNode()
         self.update_segment_selectors()
-        self.refreshModels()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -184,44 +180,6 @@ class RegSegRegistrationWidget(JobPanelMixin, ScriptedLoadableModuleWidget, VTKO
             segments.setCurrentNode(current if is_segmentation else None)
             segments.visible = is_segmentation
             label.visible = is_segmentation
-
-    def refreshModels(self) -> None:
-        """Lists the installed affine and elastic models (one disabled line when there are none)."""
-        try:
-            rows = [row for task in MODEL_TASKS for row in model_store.model_rows(task)]
-            empty = _("No trained models installed (RegSeg ships none yet)")
-        except RegSegError as error:
-            rows, empty = [], _("Model store unreadable: {message}").format(message=error)
-        self.ui.modelComboBox.clear()
-        self._model_rows = rows
-        for row in rows:
-            self.ui.modelComboBox.addItem(row.label)
-        if not rows:
-            self.ui.modelComboBox.addItem(empty)
-        self.ui.modelComboBox.enabled = bool(rows)
-
-    def onModelSelected(self, index: int) -> None:
-        """Shows the chosen model's licence, training data and metrics."""
-        if not 0 <= index < len(self._model_rows):
-            self.ui.modelInfoTextEdit.setPlainText("")
-            return
-        try:
-            self.ui.modelInfoTextEdit.setPlainText(model_store.model_description(self._model_rows[index].name))
-        except RegSegError as error:
-            self.ui.modelInfoTextEdit.setPlainText(str(error))
-
-    def onImportModel(self) -> None:
-        """Installs a model file the user picks (offline sites), then lists it."""
-        path = qt.QFileDialog.getOpenFileName(self.parent, _("Import model file"), "", model_store.IMPORT_FILTER)
-        if not path:
-            return
-        try:
-            row = model_store.import_model(path, MODEL_TASKS)
-        except RegSegError as error:
-            slicer.util.errorDisplay(_("Could not import the model: {message}").format(message=error))
-            return
-        self.refreshModels()
-        self.ui.modelComboBox.currentIndex = [r.name for r in self._model_rows].index(row.name)
 
     def prepare_dependencies(self) -> None:
         self.logic.setup_dependencies(interactive=True)

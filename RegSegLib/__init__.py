@@ -5,3 +5,5 @@ follows is documented in :mod:`RegSegLib.geometry`.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__"]

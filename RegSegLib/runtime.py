@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import torch
 
 from RegSegLib.errors import RegSegError
+from RegSegLib.vocabulary import DEVICES
 
 ProgressCallback = Callable[[float, str], None]
 """``callback(fraction in [0, 1], message)``; the CLI turns it into a bar or ``PROGRESS`` lines."""
@@ -69,7 +70,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise RegSegError(f"unknown device {name!r}; use auto, cpu or cuda")
+    raise RegSegError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
 
 
 def available_host_memory() -> int | None:

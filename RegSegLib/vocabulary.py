@@ -10,16 +10,16 @@ FAMILIES: dict[str, int] = {"rigid": 6, "similarity": 7, "anisotropic": 9, "affi
 """Affine transform family -> number of parameters (layout in :mod:`RegSegLib.transforms.affine_params`)."""
 
 METRICS: dict[str, tuple[str, bool]] = {
-    "mse": ("MSE", False),
-    "ncc": ("NCC", True),
     "lncc": ("LNCC", True),
+    "ncc": ("NCC", True),
+    "mse": ("MSE", False),
     "mi": ("MI", True),
     "mind": ("MIND distance", False),
     "dice": ("Dice", True),
 }
 """Similarity metric -> (report name, whether a larger reported value is better)."""
 
-IMAGE_METRICS: tuple[str, ...] = ("lncc", "ncc", "mse", "mi", "mind")
+IMAGE_METRICS: tuple[str, ...] = tuple(name for name in METRICS if name != "dice")
 """The metrics that compare intensity images (``dice`` compares label maps)."""
 
 MULTI_MODAL_METRICS: tuple[str, ...] = ("mi", "mind")

@@ -108,10 +108,6 @@ class Volume:
         if not self.same_grid(other):
             raise ValueError(f"the {what} {self.grid!r} does not lie on its image's grid {other.grid!r}")
 
-    def world_grid(self, device: torch.device | str | None = None) -> torch.Tensor:
-        """RAS coordinates of every voxel centre, ``[K, J, I, 3]`` float32."""
-        return self.grid.points_ras(device)
-
     def ras_to_normalized(self) -> np.ndarray:
         """``[4, 4]`` matrix mapping RAS points to this grid's ``grid_sample`` coordinates."""
         return self.grid.ras_to_normalized()

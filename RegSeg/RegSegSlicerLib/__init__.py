@@ -13,6 +13,9 @@ Nothing here contains an algorithm; the work is done by RegSegLib in a child pro
 * :mod:`RegSegSlicerLib.registration`: the registration job: the request (validated by RegSegLib's torch-free
   :mod:`RegSegLib.registration.settings`), the ``regseg register`` command line, the export of volumes, masks,
   labels and the initial transform, and the import of the results into the chosen output nodes.
+* :mod:`RegSegSlicerLib.panel`: what every panel's widget shares (:class:`~RegSegSlicerLib.panel.JobPanelMixin`:
+  Apply/Cancel, the poll timer, progress, log, status; :class:`~RegSegSlicerLib.panel.ModelSectionMixin`: the
+  "Models" section). It imports ``qt``, ``vtk`` and ``slicer``, so only the modules' widgets import it.
 * :mod:`RegSegSlicerLib.model_store`: the model section of a panel: the models of its task (RegSegLib's torch-free
   :mod:`RegSegLib.models` store), import of a model file for offline sites, licence and metrics of a model.
 * :mod:`RegSegSlicerLib.dependencies`: torch through the PyTorch extension and the other Python
@@ -24,3 +27,5 @@ Importing this package imports neither Qt, nor VTK, nor torch (``nodes``, ``regi
 RegSegLib's torch-free ``geometry``, ``registration.settings`` and ``models``, found by
 :func:`RegSegSlicerLib.paths.ensure_regseglib_importable`).
 """
+
+__all__ = ["dependencies", "jobs", "model_store", "nodes", "panel", "paths", "process", "registration"]

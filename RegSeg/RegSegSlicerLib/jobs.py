@@ -236,7 +236,7 @@ class BackgroundJob(Generic[Request, Outputs]):
             )
             self.process.start()
         except Exception as exc:  # noqa: BLE001  (every failure ends the job: failed, temporary folder removed)
-            self._fail(f"could not start the {self.what}: {self._describe(exc)}")
+            self.fail(f"could not start the {self.what}: {self._describe(exc)}")
             raise self.error_class(self.error) from exc
         self._set_state(JobState.RUNNING)
 
@@ -259,13 +259,13 @@ class BackgroundJob(Generic[Request, Outputs]):
             self._end_cancelled()
             return True
         except ProcessFailed as exc:
-            self._fail(self._readable(str(exc)))
+            self.fail(self._readable(str(exc)))
             return True
         self._set_state(JobState.IMPORTING)
         try:
             self.outputs = self.import_results(self.result_folder)
         except Exception as exc:  # noqa: BLE001  (a job left importing would keep its panel busy and its folder)
-            self._fail(f"the results could not be loaded: {self._describe(exc)}")
+            self.fail(f"the results could not be loaded: {self._describe(exc)}")
             return True
         self._cleanup()
         self._log(f"done in {time.monotonic() - self.started_at:.1f} s")
@@ -304,7 +304,8 @@ class BackgroundJob(Generic[Request, Outputs]):
         self._log("cancelled")
         self._set_state(JobState.CANCELLED)
 
-    def _fail(self, message: str) -> None:
+    def fail(self, message: str) -> None:
+        """Ends the job as failed with ``message`` (its temporary folder removed); for a caller that gives up on it."""
         self.error = message
         self._log(f"failed: {message}")
         self._cleanup()

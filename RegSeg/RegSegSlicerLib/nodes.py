@@ -376,11 +376,18 @@ def as_label_map(node, reference_volume, segments: Sequence[str] | None, role: s
         role: what the node is, for messages ("fixed mask", ...).
 
     Raises:
-        ValueError: wrong node type, a label map on another grid, or no usable segment.
+        ValueError: wrong node type, a label map on another grid or under another parent transform than the
+            reference volume, or no usable segment.
     """
     if node.IsA("vtkMRMLSegmentationNode"):
         return segmentation_to_label_map(node, reference_volume, segment_ids(node, segments))
     if node.IsA("vtkMRMLLabelMapVolumeNode") or node.IsA("vtkMRMLScalarVolumeNode"):
+        if node.GetParentTransformNode() is not reference_volume.GetParentTransformNode():
+            raise ValueError(
+                f"The {role} {node_label(node)} is not under the same transform as {node_label(reference_volume)}, "
+                f"so its voxels do not lie where the volume's do; put both under the same transform (or harden "
+                f"them), or use a segmentation node."
+            )
         difference = grid_difference_mm(node, reference_volume)
         if difference > geometry.GRID_TOLERANCE_MM:
             raise ValueError(

@@ -30,7 +30,10 @@ import slicer
 import vtk
 from slicer.i18n import tr as _
 
+from RegSegSlicerLib import model_store
 from RegSegSlicerLib.jobs import BackgroundJob, JobState
+
+from RegSegLib.errors import RegSegError  # noqa: E402  (found by model_store's ensure_regseglib_importable)
 
 POLL_INTERVAL_MS = 100
 PARAMETER_NAME_PROPERTY = "SlicerParameterName"
@@ -79,7 +82,7 @@ def abandon_job(job: BackgroundJob, message: str) -> None:
         if job.state in (JobState.STARTING, JobState.RUNNING):
             job.cancel()
         elif job.state is JobState.IMPORTING:
-            job._fail(message)  # importing -> failed, the state machine's own step (jobs.py has no public name for it)
+            job.fail(message)
     finally:
         if job.work_dir is not None:
             shutil.rmtree(job.work_dir, ignore_errors=True)
@@ -305,3 +308,61 @@ class JobPanelMixin:
         self.ui.statusLabel.text = state.value.capitalize()
         if state is JobState.STARTING:
             self.ui.progressBar.setValue(0)
+
+
+class ModelSectionMixin:
+    """A panel's "Models" section: the store's models of the panel's tasks, their licence and metrics, file import.
+
+    The panel's .ui has ``modelComboBox``, ``modelInfoTextEdit`` and ``importModelButton``; the widget sets
+    :attr:`model_tasks` and calls :meth:`setup_model_section` in ``setup()``.
+    """
+
+    model_tasks: tuple[str, ...] = ()
+    """The tasks whose models the panel can use (``affine``, ``elastic``, ``segmentation``, ...)."""
+
+    _model_rows: list = []
+
+    def setup_model_section(self) -> None:
+        """Connects the section's widgets and lists the models."""
+        self._model_rows = []
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.importModelButton.connect("clicked(bool)", self.onImportModel)
+        self.refreshModels()
+
+    def refreshModels(self) -> None:
+        """Lists the installed models of :attr:`model_tasks` (one disabled line when there are none)."""
+        try:
+            rows = [row for task in self.model_tasks for row in model_store.model_rows(task)]
+            empty = _("No trained models installed (RegSeg ships none yet)")
+        except RegSegError as error:
+            rows, empty = [], _("Model store unreadable: {message}").format(message=error)
+        self.ui.modelComboBox.clear()
+        self._model_rows = rows
+        for row in rows:
+            self.ui.modelComboBox.addItem(row.label)
+        if not rows:
+            self.ui.modelComboBox.addItem(empty)
+        self.ui.modelComboBox.enabled = bool(rows)
+
+    def onModelSelected(self, index: int) -> None:
+        """Shows the chosen model's licence, training data and metrics."""
+        if not 0 <= index < len(self._model_rows):
+            self.ui.modelInfoTextEdit.setPlainText("")
+            return
+        try:
+            self.ui.modelInfoTextEdit.setPlainText(model_store.model_description(self._model_rows[index].name))
+        except RegSegError as error:
+            self.ui.modelInfoTextEdit.setPlainText(str(error))
+
+    def onImportModel(self) -> None:
+        """Installs a model file the user picks (offline sites), then lists it."""
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Import model file"), "", model_store.IMPORT_FILTER)
+        if not path:
+            return
+        try:
+            row = model_store.import_model(path, self.model_tasks)
+        except RegSegError as error:
+            slicer.util.errorDisplay(_("Could not import the model: {message}").format(message=error))
+            return
+        self.refreshModels()
+        self.ui.modelComboBox.currentIndex = [r.name for r in self._model_rows].index(row.name)

@@ -301,30 +301,44 @@ class RegistrationJob(BackgroundJob[RegistrationRequest, RegistrationOutputs]):
         return maps[0], maps[1]
 
     def import_results(self, folder: Path) -> RegistrationOutputs:
+        """Loads the result folder into the output nodes; everything is read before the scene changes.
+
+        A result that cannot be read (a missing file, a ``metrics.json`` without what it should hold) raises
+        before any node is created or filled, so a failed import leaves the scene as it was.
+        """
         request = self.request
         metrics_path = folder / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        transform_file = folder / ("affine.tfm" if request.result_is_linear else "transform.h5")
+        dice_rows = self._dice_rows(metrics["dice"]) if "dice" in metrics else None
         warped = nodes.read_volume_file(folder / "warped.nii.gz") if request.output_volume is not None else None
+        transform_file = folder / ("affine.tfm" if request.result_is_linear else "transform.h5")
         transform_node = request.output_transform
         if transform_node is None:
             node_class = "vtkMRMLLinearTransformNode" if request.result_is_linear else "vtkMRMLTransformNode"
             name = f"{request.moving_volume.GetName()} to {request.fixed_volume.GetName()} ({request.method})"
-            transform_node = self.scene.AddNewNodeByClass(node_class, self.scene.GenerateUniqueName(name))
-        nodes.load_transform_into(transform_file, transform_node)
+            transform_node = self.scene.CreateNodeByClass(node_class)
+            transform_node.UnRegister(None)
+            transform_node.SetName(self.scene.GenerateUniqueName(name))
+            nodes.load_transform_into(transform_file, transform_node)
+            self.scene.AddNode(transform_node)
+        else:
+            nodes.load_transform_into(transform_file, transform_node)
         if warped is not None:
             nodes.copy_volume(warped, request.output_volume)
         table_node = None
-        if "dice" in metrics:
+        if dice_rows is not None:
             table_node = request.output_table
             if table_node is None:
                 table_node = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("RegSeg Dice"))
-            dice = metrics["dice"]
-            rows = []
-            for key, after in dice["per_label"].items():
-                label = int(float(key))
-                name = self.label_names.get(label, f"label {label}")
-                rows.append((name, dice.get("before_per_label", {}).get(key, float("nan")), after))
-            rows.append(("mean", dice.get("mean_before", float("nan")), dice["mean"]))
-            nodes.fill_table(table_node, ("segment", "Dice before", "Dice after"), rows)
+            nodes.fill_table(table_node, ("segment", "Dice before", "Dice after"), dice_rows)
         return RegistrationOutputs(transform_node, request.output_volume, table_node, metrics)
+
+    def _dice_rows(self, dice: dict) -> list[tuple]:
+        """Table rows (segment name, Dice before, Dice after) of ``metrics.json``'s ``dice``, then the means."""
+        rows = []
+        for key, after in dice["per_label"].items():
+            label = int(float(key))
+            name = self.label_names.get(label, f"label {label}")
+            rows.append((name, dice.get("before_per_label", {}).get(key, float("nan")), after))
+        rows.append(("mean", dice.get("mean_before", float("nan")), dice["mean"]))
+        return rows

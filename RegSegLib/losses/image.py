@@ -254,9 +254,9 @@ class MINDLoss(nn.Module):
 
 
 REGISTRY: dict[str, tuple] = {
-    "mse": (mse, MSELoss),
-    "ncc": (global_ncc, NCCLoss),
     "lncc": (local_ncc, LocalNCCLoss),
+    "ncc": (global_ncc, NCCLoss),
+    "mse": (mse, MSELoss),
     "mi": (mutual_information, MutualInformationLoss),
     "mind": (mind_loss, MINDLoss),
     "dice": (dice, DiceLoss),

@@ -132,7 +132,7 @@ def _prepare_images(
 def _field_on_fixed_grid(disp: torch.Tensor, grid: Grid, fixed: Volume) -> DisplacementField:
     """Working-grid voxel displacement ``[1, 3, K, J, I]`` -> RAS mm field on the fixed grid."""
     field_mm = fields.voxel_to_mm(disp, grid.ijk_to_ras)[0]
-    if grid.shape == fixed.shape and np.allclose(grid.ijk_to_ras, fixed.ijk_to_ras, atol=1e-6):
+    if grid.same_as(fixed.grid):
         return DisplacementField(field_mm.cpu().contiguous(), fixed.ijk_to_ras.copy())
     theta = grid.ras_to_normalized() @ fixed.grid.normalized_to_ras()
     coordinates = fields.affine_sampling_grid(torch.as_tensor(theta[:3], device=disp.device), fixed.shape)

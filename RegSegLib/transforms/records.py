@@ -82,9 +82,6 @@ class DisplacementField:
         """The grid the field is defined on."""
         return Grid(self.ijk_to_ras, self.shape)
 
-    def as_volume(self) -> Volume:
-        return Volume(self.field, self.ijk_to_ras.copy())
-
     def displacement_at(self, points: torch.Tensor) -> torch.Tensor:
         """Displacement at ``[..., 3]`` RAS points, as ITK evaluates it.
 

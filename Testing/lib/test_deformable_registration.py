@@ -43,7 +43,7 @@ def smooth_field(volume: Volume, amplitude_mm: float, control: int = 5, seed: in
 
 def inverse_field(field: DisplacementField, iterations: int = 30) -> DisplacementField:
     """Fixed-point inverse ``v(y) = -u(y + v(y))`` of a small smooth displacement on its own grid."""
-    points = field.as_volume().world_grid()
+    points = field.grid.points_ras()
     inverse = torch.zeros_like(points)
     for _ in range(iterations):
         inverse = -field.displacement_at(points + inverse)

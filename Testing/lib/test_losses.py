@@ -127,3 +127,10 @@ def test_shape_errors_are_explicit():
         losses.local_ncc(image, image, window=4)
     with pytest.raises(ValueError, match="unknown similarity metric"):
         losses.make_loss("cc")
+
+
+def test_the_registry_holds_exactly_the_shared_metric_names():
+    from RegSegLib import vocabulary
+
+    assert list(losses.REGISTRY) == list(vocabulary.METRICS)
+    assert vocabulary.IMAGE_METRICS == ("lncc", "ncc", "mse", "mi", "mind")

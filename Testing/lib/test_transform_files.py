@@ -123,7 +123,7 @@ def test_sitk_resampling_with_the_file_reproduces_regseg(tmp_path, scene_setup, 
         )
     )
     # compare where T(x) lies well inside the moving grid (interpolators differ at the very edge)
-    points = transform.transform_points(fixed.world_grid().double()).numpy()
+    points = transform.transform_points(fixed.grid.points_ras().double()).numpy()
     ijk = geometry.transform_points(np.linalg.inv(moving.ijk_to_ras), points)
     inside = np.all((ijk > 1.0) & (ijk < np.array(moving.shape[::-1]) - 2.0), axis=-1)
     inside[[0, -1], :, :] = inside[:, [0, -1], :] = inside[:, :, [0, -1]] = False

@@ -48,7 +48,7 @@ CATALOG_RULES = {
         "build_dependencies": {"type": "array", "items": {"type": "string"}},
         "build_subdirectory": {"type": "string"},
         "enabled": {"type": "boolean"},
-        "tier": {"type": "integer", "minimum": 1, "maximum": 5},
+        "tier": {"type": "integer", "enum": [1, 3, 5]},
     },
 }
 """Version 1.0.1 of the catalog entry schema (Slicer's ``Schemas/``), restated."""

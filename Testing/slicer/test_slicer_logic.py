@@ -389,8 +389,14 @@ def test_a_mask_for_a_volume_under_a_transform_lies_on_the_volumes_own_grid(pros
     shift_mm = centroid_mm(mask, matrix) - centroid_mm(gland, matrix)
     assert np.abs(shift_mm + translation[:3, 3]).max() < TOLERANCE_MM and np.linalg.norm(shift_mm) > 5.0
     np.testing.assert_array_equal(slicer_merged_labelmap(prostate["fixed_segmentation"], volume) > 0, mask)
-    scene.RemoveNode(volume)
-    scene.RemoveNode(parent)
+    # a label map volume on the same voxel grid but not under the volume's transform lies elsewhere: refused
+    label_volume = add_volume(scene, "gland labels", gland.astype(np.int16), matrix)
+    with pytest.raises(ValueError, match="not under the same transform"):
+        module.nodes.as_label_map(label_volume, volume, None, "fixed mask")
+    label_volume.SetAndObserveTransformNodeID(parent.GetID())
+    assert module.nodes.as_label_map(label_volume, volume, None, "fixed mask") is label_volume
+    for node in (label_volume, volume, parent):
+        scene.RemoveNode(node)
 
 
 @pytest.mark.parametrize("representation", ["binary labelmap", "closed surface"])
@@ -561,3 +567,34 @@ def test_impossible_requests_are_value_errors_before_anything_starts(prostate, m
             scene=prostate["scene"],
         )
     prostate["scene"].RemoveNode(linear)
+
+
+def test_a_result_that_cannot_be_read_changes_nothing_in_the_scene(affine_run, prostate, module, tmp_path):
+    """A metrics.json without per-label Dice fails the import before any node is created or filled."""
+    import json
+    import shutil
+
+    scene = prostate["scene"]
+    folder = tmp_path / "result"
+    shutil.copytree(affine_run[3], folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["dice"] = {"mean": 0.5}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    output_volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "never filled")
+    request = module.registration.RegistrationRequest(prostate["fixed"], prostate["moving"], output_volume=output_volume)
+    job = module.registration.RegistrationJob(scene, request, env=module_env())
+    counts = {name: scene.GetNumberOfNodesByClass(name) for name in ("vtkMRMLTransformNode", "vtkMRMLTableNode")}
+    with pytest.raises(KeyError, match="per_label"):
+        job.import_results(folder)
+    assert {name: scene.GetNumberOfNodesByClass(name) for name in counts} == counts
+    assert output_volume.GetImageData() is None
+    metrics["dice"] = {"per_label": {"1": 0.8}, "before_per_label": {"1": 0.5}, "mean": 0.8, "mean_before": 0.5}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    outputs = job.import_results(folder)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLTransformNode") == counts["vtkMRMLTransformNode"] + 1
+    assert outputs.transform_node.GetScene() is scene and outputs.transform_node.IsLinear()
+    assert outputs.table_node.GetTable().GetValue(0, 2).ToDouble() == pytest.approx(0.8)
+    assert output_volume.GetImageData() is not None
+    scene.RemoveNode(outputs.transform_node)
+    scene.RemoveNode(outputs.table_node)
+    scene.RemoveNode(output_volume)
