@@ -46,6 +46,8 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
     from RegSegLib.io import refuse_overwriting_inputs
 
     inputs = [args.fixed_labels, args.warped_labels, args.transform, args.landmarks]
+    if args.json is not None and not args.json.strip():
+        raise InputError("--json", "is empty; name the JSON file to write")
     if args.json:
         refuse_overwriting_inputs([args.json], inputs)
     results: dict[str, Any] = {}
@@ -68,11 +70,11 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
         results["landmarks_before"] = landmark_errors(points["fixed"], points["moving"], None)
         if transform is not None:
             results["landmarks"] = landmark_errors(points["fixed"], points["moving"], transform)
-    report(1.0, "done")
-    _print_results(results)
     if args.json:
         with atomic_output(args.json) as temp:
             Path(temp).write_text(json.dumps(json_ready(results), indent=2) + "\n")
+    report(1.0, "done")  # the JSON is written before the table: a closed stdout cannot lose it
+    _print_results(results)
     return 0
 
 

@@ -16,7 +16,9 @@ overwritten.
 
 Progress: ``--progress bar`` draws a tqdm bar on stderr (the default on a terminal), ``--progress lines``
 prints ``PROGRESS <fraction> <message>`` lines on stdout (flushed, fractions never decrease, the last is
-``PROGRESS 1.0000 done``), ``--progress none`` reports nothing.
+``PROGRESS 1.0000 done``), ``--progress none`` reports nothing. A closed standard output (``regseg ... |
+head``) changes nothing: what would have been printed is dropped and the exit code stays 0 when the outputs
+were written.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from types import ModuleType
 from typing import Sequence
 
 from RegSegLib import __version__
-from RegSegLib.cli.runtime import GUARD, Interrupted, ProgressReporter
+from RegSegLib.cli.runtime import GUARD, Interrupted, ProgressReporter, silence_stdout
 from RegSegLib.errors import RegSegError
 
 PROG = "regseg"
@@ -91,7 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         GUARD.pending, GUARD.raised = None, False
         try:
             reporter = ProgressReporter(mode)
-            return args.module.run(args, reporter)
+            try:
+                code = args.module.run(args, reporter)
+                sys.stdout.flush()
+                return code
+            except BrokenPipeError:
+                # stdout's reader left after the work was done (``regseg ... | head``): every output is
+                # already in place, so the run succeeded; the rest of stdout goes to the null device
+                if reporter.last_fraction < 1.0:
+                    raise
+                silence_stdout()
+                return 0
         except Interrupted as exc:
             _close(reporter)
             print(f"{PROG}: {exc}; no output written", file=sys.stderr, flush=True)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from RegSegLib import __version__
 from RegSegLib.cli import arguments
 from RegSegLib.cli.runtime import StagingFolder
+from RegSegLib.errors import InputError
 from RegSegLib.registration.settings import (
     FAMILIES,
     METHODS,
@@ -102,6 +103,20 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--fixed-labels and --moving-labels go together")
     if args.labels and not args.fixed_labels:
         parser.error("--labels needs --fixed-labels and --moving-labels")
+    if args.method != "deformable":
+        given = [
+            option
+            for option, value in (
+                ("--spacing", args.spacing),
+                ("--regularisation", args.regularisation),
+                ("--deformable-iterations", args.deformable_iterations),
+                ("--preset", None if args.preset == "default" else args.preset),
+                ("--diffeomorphic", args.diffeomorphic or None),
+            )
+            if value is not None
+        ]
+        if given:
+            parser.error(f"{', '.join(given)}: only used by --method deformable (this run is --method {args.method})")
     try:
         args.settings = RegistrationSettings.from_attributes(args, family="transform")
     except SettingsError as exc:
@@ -133,6 +148,8 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
     from RegSegLib.transforms import CompositeTransform
 
     started = time.perf_counter()
+    if not args.output.strip():  # Path("") is the current folder
+        raise InputError("-o/--output", "is empty; name an output folder")
     output = Path(args.output)
     inputs = [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.init, args.fixed_labels, args.moving_labels]
     refuse_overwriting_inputs([output, *(output / name for name in OUTPUTS)], inputs)

@@ -5,6 +5,7 @@ staging folder that makes outputs appear all at once or not at all.
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
 import os
 import shutil
@@ -79,6 +80,23 @@ class SignalGuard:
 GUARD = SignalGuard()
 
 
+def silence_stdout() -> None:
+    """Sends whatever is still written to standard output to the null device (its reader has gone).
+
+    Python's advice for a closed pipe (``BrokenPipeError``): point the descriptor at ``os.devnull`` so
+    that the flush at exit does not fail again.
+    """
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (captured in tests)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, descriptor)
+    finally:
+        os.close(devnull)
+
+
 class ProgressReporter:
     """Receives ``(fraction, message)`` and shows it as a bar, as ``PROGRESS`` lines, or not at all.
 
@@ -115,7 +133,10 @@ class ProgressReporter:
             if (due or fraction >= 1.0) and (f"{fraction:.4f}", message) != self.last_line:
                 self.last_line = (f"{fraction:.4f}", message)
                 self.last_time, self.last_printed = now, fraction
-                print(f"PROGRESS {fraction:.4f} {message}".rstrip(), flush=True)
+                try:
+                    print(f"PROGRESS {fraction:.4f} {message}".rstrip(), flush=True)
+                except BrokenPipeError:  # nobody reads the lines any more: the job goes on without them
+                    silence_stdout()
         elif self.bar is not None:
             self.bar.n = fraction
             self.bar.set_description_str(message, refresh=False)
@@ -127,10 +148,48 @@ class ProgressReporter:
             self.bar = None
 
 
+STAGING_SUFFIX = ".partial"
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(output: Path) -> list[Path]:
+    """Removes the staging folders of ``output`` whose process is gone; returns them.
+
+    Only folders named by :class:`StagingFolder` (``.OUTDIR.pid<N>.XXXX.partial`` beside ``output``) are
+    considered; one whose process still runs, or without a process id, is left alone.
+    """
+    prefix = f".{output.name}.pid"
+    removed = []
+    for entry in output.parent.glob(f".{glob.escape(output.name)}.pid*{STAGING_SUFFIX}"):
+        middle = entry.name[len(prefix) : -len(STAGING_SUFFIX)]
+        pid_text, dot, rest = middle.partition(".")
+        if not (dot and rest and "." not in rest and pid_text.isdigit()):
+            continue  # another output's folder (a name with more dots) or not ours
+        if entry.is_symlink() or not entry.is_dir() or _running(int(pid_text)):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
 class StagingFolder:
     """A temporary folder beside an output folder; :meth:`commit` moves its files into the output folder.
 
-    Created at once, so an output location that cannot be written fails before any work is done.
+    Created at once, so an output location that cannot be written fails before any work is done: the
+    staging folder is made beside the output, and an existing output folder is probed by creating (and
+    removing) a file in it. The staging folder's name holds the process id (``.OUTDIR.pid<N>.XXXX.partial``);
+    staging folders of the same output left by a process that no longer runs (killed by SIGKILL) are
+    removed here.
 
     Args:
         output: the output folder (created at commit when missing; its parent is created now).
@@ -152,7 +211,12 @@ class StagingFolder:
             raise InputError(output, f"output folder cannot be created: {existing} is a file, not a folder")
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".partial", dir=parent))
+            if output.is_dir():
+                handle, probe = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".probe", dir=output)
+                os.close(handle)
+                os.remove(probe)
+            remove_stale_staging(output)
+            self.path = Path(tempfile.mkdtemp(prefix=f".{output.name}.pid{os.getpid()}.", suffix=STAGING_SUFFIX, dir=parent))
         except OSError as exc:
             raise InputError(output, f"output folder cannot be written ({exc.strerror or exc})") from exc
 

@@ -23,6 +23,8 @@ def full_suffix(path: str | os.PathLike) -> str:
 def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     """Yields a temporary file name beside ``path`` (same suffix) and renames it to ``path`` on success.
 
+    The file gets the permissions of any new file (``0666`` less the umask), not ``mkstemp``'s ``0600``.
+
     Raises:
         InputError: when the folder does not exist or cannot be written.
     """
@@ -38,10 +40,18 @@ def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     os.close(handle)
     try:
         yield temp
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; a written file gets the usual mode
         os.replace(temp, target)
     finally:
         if os.path.exists(temp):
             os.remove(temp)
+
+
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_exists(path: Path) -> None:

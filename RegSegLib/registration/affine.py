@@ -349,7 +349,7 @@ def register_affine(
             evaluations += 1
             progress.update(
                 (done_before + min(evaluations, count)) / total_iterations,
-                f"affine level {level_index + 1}/{len(levels)}: {metric} loss {float(loss.detach()):.5f}",
+                f"affine level {level_index + 1}/{len(levels)}: step {min(evaluations, count)}/{count}",
             )
             return loss
 
