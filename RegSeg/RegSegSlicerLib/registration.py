@@ -196,22 +196,27 @@ def command_arguments(request: RegistrationRequest, files: dict[str, str], outpu
     ):
         if role in files:
             args += [option, files[role]]
-    if request.diffeomorphic:
-        args.append("--diffeomorphic")
-    for values, option, kind in (
-        (request.levels, "--levels", float),
-        (request.iterations, "--iterations", int),
-        (request.deformable_iterations, "--deformable-iterations", int),
-    ):
+    for values, option, kind in ((request.levels, "--levels", float), (request.iterations, "--iterations", int)):
         if values is not None:
             args += [option, ",".join(repr(kind(value)) for value in values)]
+    if request.method == "deformable":
+        args += _deformable_arguments(request)
+    return args + ["--progress", "lines"]
+
+
+def _deformable_arguments(request: RegistrationRequest) -> list[str]:
+    """The deformable stage's options (``regseg register`` refuses them for an affine run, so they are given only
+    for a deformable one: the panel keeps its advanced deformable values while the user tries an affine run)."""
+    args = ["--diffeomorphic"] if request.diffeomorphic else []
+    if request.deformable_iterations is not None:
+        args += ["--deformable-iterations", ",".join(repr(int(value)) for value in request.deformable_iterations)]
     if request.regularisation is not None:
         args += ["--regularisation", repr(float(request.regularisation))]
     if request.preset != "default":
         args += ["--preset", request.preset]
     if request.spacing_mm is not None:
         args += ["--spacing", repr(float(request.spacing_mm))]
-    return args + ["--progress", "lines"]
+    return args
 
 
 class RegistrationJob(BackgroundJob[RegistrationRequest, RegistrationOutputs]):

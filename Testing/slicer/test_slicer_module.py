@@ -635,6 +635,15 @@ def test_advanced_settings_become_exactly_the_cli_options_and_defaults_none():
     parsed = cli.build_parser().parse_args(args)
     assert (parsed.levels, parsed.iterations, parsed.deformable_iterations) == ([2.0, 1.5], [20, 10], [0, 5])
     assert (parsed.regularisation, parsed.preset, parsed.spacing) == (2.5, "large-motion", 3.0)
+    # an affine run leaves the panel's deformable values out (regseg register refuses them for affine)
+    import dataclasses
+
+    affine_args = command_arguments(dataclasses.replace(request, method="affine"), files, "/w/result")
+    assert affine_args[len(head) + 6 : -2] == ["--levels", "2.0,1.5", "--iterations", "20,10"]
+    parser = cli.build_parser()
+    parsed = parser.parse_args(affine_args)
+    parsed.module.check(parser, parsed)
+    assert parsed.settings.method == "affine" and parsed.settings.affine.levels == (2.0, 1.5)
 
 
 def test_panel_and_batch_choices_are_the_settings_vocabulary_and_the_ui_lists_them():
