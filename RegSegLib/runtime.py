@@ -8,7 +8,7 @@ from typing import Callable, Optional
 
 import torch
 
-from RegSegLib.errors import RegSegError
+from RegSegLib.errors import InputError, RegSegError
 from RegSegLib.vocabulary import DEVICES
 
 ProgressCallback = Callable[[float, str], None]
@@ -90,11 +90,24 @@ def available_host_memory() -> int | None:
         return None
 
 
-def check_memory(required_bytes: int, device: torch.device, what: str) -> None:
+def check_memory(
+    required_bytes: int,
+    device: torch.device,
+    what: str,
+    hint: str = "use a coarser working resolution",
+    path: str | os.PathLike | None = None,
+) -> None:
     """Fails early, with the estimate, when a job will not fit in the device's free memory.
 
+    Args:
+        required_bytes: the estimated peak of the job.
+        device: where it will run (host memory for ``cpu``).
+        what: the job, for the message ("affine registration", "reading this 512x512x400 volume").
+        hint: what the user can do about it.
+        path: the file the job reads; the error then names it (:class:`InputError`).
+
     Raises:
-        RegSegError: the estimate exceeds what is available.
+        RegSegError: the estimate exceeds what is available (:class:`InputError` when ``path`` is given).
     """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -103,7 +116,10 @@ def check_memory(required_bytes: int, device: torch.device, what: str) -> None:
         if free is None:
             return
     if required_bytes > free:
-        raise RegSegError(
-            f"{what} needs about {required_bytes / 2**30:.1f} GiB on {device.type} but only "
-            f"{free / 2**30:.1f} GiB is free; use a coarser working resolution"
-        )
+        problem = f"{what} needs about {_size(required_bytes)} on {device.type} but only {_size(free)} is free; {hint}"
+        raise RegSegError(problem) if path is None else InputError(path, problem)
+
+
+def _size(n_bytes: float) -> str:
+    """``4.0 GiB``; below a tenth of a GiB in MiB (``26 MiB``), where GiB would read ``0.0``."""
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 0.1 * 2**30 else f"{n_bytes / 2**20:.0f} MiB"

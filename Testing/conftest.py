@@ -21,7 +21,6 @@ for folder in (REPOSITORY_ROOT, SUPPORT):
         sys.path.insert(0, str(folder))
 
 from RegSegLib.volume import Volume  # noqa: E402
-from geometry_cases import make_ijk_to_ras  # noqa: E402
 
 SHARED_DATA = REPOSITORY_ROOT.parent / "shared" / "data"
 

@@ -69,8 +69,10 @@ def _read_nifti(path: Path) -> Volume:
         with LoggingOutputSuppressor(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = nib.load(str(path))
-            _check_nifti_header(_raw_nifti_header(image, path), path)
+            header = _raw_nifti_header(image, path)  # as stored: the loaded one has vox_offset reset to 0
+            _check_nifti_header(header, path)
             affine = np.asarray(image.affine, dtype=np.float64)
+            _check_nifti_data_size(header, path)
             raw = np.asanyarray(image.dataobj)
     except InputError:
         raise
@@ -88,6 +90,58 @@ def _read_nifti(path: Path) -> Volume:
     data = np.ascontiguousarray(np.transpose(raw, (3, 2, 1, 0)))
     data = _torch_friendly(data)
     return Volume(torch.from_numpy(data), affine)
+
+
+DEFLATE_MAX_RATIO = 1032
+"""The most deflate can compress: a ``.nii.gz`` of ``n`` bytes holds at most ``1032 n`` bytes."""
+
+
+def _check_nifti_data_size(header, path: Path) -> None:
+    """Before any voxel is read: refuses a file too short for what its header describes (a header-only or
+    truncated file) and a volume that does not fit in free memory.
+
+    A ``.nii`` holds ``file size - vox_offset`` bytes of voxel data. The uncompressed size of a ``.nii.gz``
+    cannot be known without inflating it (the gzip trailer's ISIZE is modulo 2^32 and covers only the
+    last member), so only deflate's bound is checked there: it catches a header-only file, not a
+    slightly truncated one (nibabel reports that one when reading).
+    """
+    shape = tuple(int(n) for n in header.get_data_shape())
+    dtype = np.dtype(header.get_data_dtype())
+    described = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    offset = int(header.get_data_offset())
+    size = path.stat().st_size
+    if full_suffix(path) == ".nii.gz":
+        if described > DEFLATE_MAX_RATIO * size:
+            raise InputError(
+                path,
+                f"is a {size}-byte compressed file, which cannot hold the {described} bytes of voxel data "
+                f"its header describes ({_dims(shape)} {dtype.name}); the file is truncated or has no data",
+            )
+    elif size - offset < described:
+        raise InputError(
+            path,
+            f"holds {max(size - offset, 0)} bytes of voxel data but its header describes {described} "
+            f"({_dims(shape)} {dtype.name} from byte {offset}); the file is truncated or has no data",
+        )
+    _check_read_memory(shape, dtype.itemsize, path)
+
+
+def _check_read_memory(shape: tuple[int, ...], itemsize: int, path: Path) -> None:
+    """Refuses, before reading, a volume whose voxels (held as float32 or wider) exceed free host memory."""
+    from RegSegLib.runtime import check_memory
+
+    voxels = int(np.prod(shape, dtype=object))
+    check_memory(
+        voxels * max(itemsize, 4),
+        torch.device("cpu"),
+        f"reading this {_dims(shape)} volume",
+        hint="crop or downsample it, or free memory",
+        path=path,
+    )
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape)
 
 
 def _raw_nifti_header(image, path: Path):
@@ -179,11 +233,25 @@ def itk_error_reason(exc: Exception) -> str:
 def _read_with_sitk(path: Path) -> Volume:
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()  # the header only: size and pixel type, to estimate before reading
+        size = tuple(int(n) for n in reader.GetSize())[::-1] + (int(reader.GetNumberOfComponents()),)
+        _check_read_memory(size, _sitk_component_bytes(reader.GetPixelID()), path)
+        image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(path, f"cannot read image ({itk_error_reason(exc)})") from exc
     return _sitk_to_volume(image, path)
+
+
+def _sitk_component_bytes(pixel_id: int) -> int:
+    """Bytes per component of a SimpleITK pixel type ("vector of 64-bit float" -> 8, complex doubled)."""
+    import SimpleITK as sitk
+
+    name = sitk.GetPixelIDValueAsString(pixel_id)
+    bits = re.search(r"(\d+)-bit", name)
+    return (int(bits.group(1)) // 8 if bits else 8) * (2 if "complex" in name else 1)
 
 
 def _read_dicom_series(folder: Path) -> Volume:
@@ -203,6 +271,7 @@ def _read_dicom_series(folder: Path) -> Volume:
     if len(series) > 1:
         raise InputError(folder, f"folder holds {len(series)} DICOM series ({', '.join(series)}); give one series folder")
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+    _check_one_volume_per_series(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -212,6 +281,113 @@ def _read_dicom_series(folder: Path) -> Volume:
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         raise InputError(folder, "DICOM series has a single slice; a 3D volume is needed")
     return _sitk_to_volume(image, folder)
+
+
+# Tags that tell the volumes of one series apart, in the order they are tried: (what they are, how to
+# read one from a slice's header). Siemens keeps the b-value in a private tag or in the sequence name.
+_VOLUME_TAGS = (
+    ("b-values", ("0018|9087", "0019|100c", "2001|1003", "0043|1039", "0018|0024")),
+    ("echo numbers", ("0018|0086",)),
+    ("acquisition numbers", ("0020|0012",)),
+    ("temporal positions", ("0020|0100",)),
+)
+
+
+def _b_value(key: str, text: str) -> float | None:
+    if key == "0018|0024":  # Siemens sequence name, e.g. "*ep_b800t"
+        match = re.search(r"_b(\d+)", text)
+        return float(match.group(1)) if match else None
+    value = _first_number(text)
+    if value is not None and key == "0043|1039":  # GE: the first value, offset by 1e9 on some scanners
+        value %= 1e9
+    return value
+
+
+def _first_number(text: str) -> float | None:
+    try:
+        value = float(text.split("\\")[0])
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def _slice_headers(files) -> list[dict[str, str]]:
+    """The tags that place a slice and tell volumes apart, read from each file's header (no pixel data)."""
+    import SimpleITK as sitk
+
+    keys = ["0020|0032", "0008|0018"] + [key for _name, tags in _VOLUME_TAGS for key in tags]
+    headers = []
+    for name in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        reader.LoadPrivateTagsOn()
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            headers.append({})  # the series reader says what is wrong with it
+            continue
+        headers.append({key: reader.GetMetaData(key).strip() for key in keys if reader.HasMetaDataKey(key)})
+    return headers
+
+
+def _check_one_volume_per_series(folder: Path, files) -> None:
+    """Refuses a series whose slices repeat positions: several volumes (DWI b-values, echoes, time points).
+
+    ITK would stack them into one volume with a wrong slice spacing and only warn.
+    """
+    import SimpleITK as sitk
+
+    if len(files) < 2:
+        return
+    warning_display = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # nothing printed before the one error line
+    try:
+        headers = _slice_headers(files)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warning_display)
+    positions = []
+    for header in headers:
+        numbers = [_first_number(v) for v in header.get("0020|0032", "").split("\\")]
+        if len(numbers) != 3 or None in numbers:
+            return  # positions unknown: nothing to check
+        positions.append(tuple(round(v, 2) for v in numbers))
+    per_position: dict[tuple, list[int]] = {}
+    for index, position in enumerate(positions):
+        per_position.setdefault(position, []).append(index)
+    repeats = max(len(indices) for indices in per_position.values())
+    if repeats == 1:
+        return
+    uids = [header.get("0008|0018") for header in headers]
+    if all(uids) and len(set(uids)) < len(uids):
+        raise InputError(
+            folder,
+            f"holds {len(files)} DICOM files but only {len(set(uids))} distinct slices (the same slice saved "
+            "more than once); keep one copy of each",
+        )
+    slices = len(per_position)
+    description = _what_tells_volumes_apart(headers, positions)
+    if len({len(indices) for indices in per_position.values()}) == 1:
+        holds = f"holds {repeats} volumes of {slices} slices in one series"
+    else:
+        holds = f"holds {len(files)} slices at only {slices} positions (up to {repeats} per position) in one series"
+    raise InputError(
+        folder,
+        f"{holds} ({description}); RegSeg reads one volume per folder: put each volume in its own folder",
+    )
+
+
+def _what_tells_volumes_apart(headers: list[dict[str, str]], positions: list[tuple]) -> str:
+    """Names the tag whose values split the slices into volumes without repeated positions, with its values."""
+    for name, keys in _VOLUME_TAGS:
+        for key in keys:
+            read = _b_value if name == "b-values" else (lambda _key, text: _first_number(text))
+            values = [read(key, header[key]) if header.get(key) else None for header in headers]
+            if None in values or len(set(values)) < 2:
+                continue
+            seen = {(value, position) for value, position in zip(values, positions)}
+            if len(seen) == len(positions):  # no position repeats within one value
+                return f"{name} {', '.join(f'{v:g}' for v in sorted(set(values)))}"
+    return "slices repeat the same positions; no b-value, echo, acquisition or temporal tag tells them apart"
 
 
 def _series_folders_below(folder: Path, limit: int = 50) -> list[str]:

@@ -36,7 +36,7 @@ from RegSegLib.losses.segmentation import DiceLoss, dice
 from RegSegLib.ops.filters import box_mean
 from RegSegLib.ops.mind import mind_ssc
 from RegSegLib.validation import check_choice
-from RegSegLib.vocabulary import METRICS
+from RegSegLib.vocabulary import METRICS  # noqa: F401  (re-exported as RegSegLib.losses.METRICS)
 
 
 LNCC_EPS = 1e-5

@@ -14,9 +14,9 @@ from typing import Any, Optional
 import torch
 
 from RegSegLib.registration.affine import register_affine
-from RegSegLib.registration.deformable import register_deformable
+from RegSegLib.registration.deformable import check_deformable_memory, register_deformable
 from RegSegLib.registration.settings import RegistrationSettings
-from RegSegLib.runtime import Progress
+from RegSegLib.runtime import Progress, resolve_device
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField, Transform, resample
 from RegSegLib.volume import Volume
 
@@ -107,6 +107,8 @@ def register(
     elif options:
         raise TypeError(f"give either settings or options, not both (options: {sorted(options)})")
     progress = progress or Progress()
+    if settings.deformable is not None:  # refuse a working grid that cannot fit before the affine stage runs
+        check_deformable_memory(fixed, settings.deformable, resolve_device(device))
     affine_start, pre_parts = split_initial(initial)
     if pre_parts:
         pre = CompositeTransform(pre_parts)

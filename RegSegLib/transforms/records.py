@@ -17,14 +17,13 @@ Kinds:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Union
 
 import numpy as np
 import torch
 
 from RegSegLib.geometry import Grid
 from RegSegLib.transforms import fields
-from RegSegLib.volume import Volume
 
 
 @dataclass

@@ -20,7 +20,6 @@ from model_files import METRICS, RangeServer, entry_for, flip_byte, state_dict, 
 from RegSegLib.errors import InputError, RegSegError
 from RegSegLib.models import download
 from RegSegLib.models.manifest import (
-    InputContract,
     ManifestError,
     ModelEntry,
     file_sha256,
