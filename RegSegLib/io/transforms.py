@@ -37,6 +37,7 @@ from RegSegLib import geometry
 from RegSegLib.errors import InputError
 from RegSegLib.io.checks import check_voxel_geometry
 from RegSegLib.io.files import atomic_output, full_suffix
+from RegSegLib.io.itk_images import itk_error_reason
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField
 
 TRANSFORM_FILE_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
@@ -256,7 +257,7 @@ def _read_itk_transform_file(path: Path) -> AnyTransform:
     try:
         itk_transform = sitk.ReadTransform(str(path))
     except RuntimeError as exc:
-        reason = _last_line(exc)
+        reason = itk_error_reason(exc)
         raise InputError(path, f"is not a readable ITK transform file ({reason})") from exc
     return from_sitk_transform(itk_transform, path)
 
@@ -267,7 +268,7 @@ def _read_displacement_image(path: Path) -> DisplacementField:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(path, f"cannot read displacement field image ({_last_line(exc)})") from exc
+        raise InputError(path, f"cannot read displacement field image ({itk_error_reason(exc)})") from exc
     field = _field_from_sitk_image(image, path)
     if full_suffix(path) in (".nii", ".nii.gz"):
         _check_nifti_values_finite(path)
@@ -343,10 +344,3 @@ def _write_sitk_field(field: DisplacementField, filename: str) -> None:
         image = sitk.Cast(image, sitk.sitkVectorFloat32)
     image.SetMetaData("intent_code", str(NIFTI_INTENT_DISPVECT))
     sitk.WriteImage(image, filename, useCompression=True)
-
-
-def _last_line(exc: Exception) -> str:
-    """The reason an ITK exception gives (:func:`RegSegLib.io.volumes.itk_error_reason`)."""
-    from RegSegLib.io.volumes import itk_error_reason
-
-    return itk_error_reason(exc)
