@@ -16,8 +16,7 @@ import torch
 
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
-from RegSegLib.io.arrays import check_read_memory, check_real, torch_friendly
-from RegSegLib.io.checks import check_voxel_geometry
+from RegSegLib.io.arrays import check_read_memory, check_real, check_voxel_geometry, torch_friendly
 from RegSegLib.volume import Volume
 
 

@@ -35,7 +35,7 @@ import torch
 
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
-from RegSegLib.io.checks import check_voxel_geometry
+from RegSegLib.io.arrays import check_voxel_geometry
 from RegSegLib.io.files import atomic_output, full_suffix
 from RegSegLib.io.itk_images import itk_error_reason
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField

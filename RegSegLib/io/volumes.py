@@ -17,8 +17,7 @@ import torch
 
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
-from RegSegLib.io.checks import check_voxel_geometry
-from RegSegLib.io.arrays import check_read_memory, check_real, dims, torch_friendly
+from RegSegLib.io.arrays import check_read_memory, check_real, check_voxel_geometry, dims, torch_friendly
 from RegSegLib.io.files import atomic_output, check_exists, full_suffix
 from RegSegLib.io.itk_images import read_dicom_series, read_with_sitk
 from RegSegLib.volume import Volume
@@ -40,7 +39,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
     Raises:
         InputError: missing, unreadable, unsupported or 2D input; complex values; a voxel geometry
             that is singular, sheared or has a zero, negative or non-finite NIfTI voxel size
-            (:func:`RegSegLib.io.checks.check_voxel_geometry`); a folder of several DICOM series.
+            (:func:`RegSegLib.io.arrays.check_voxel_geometry`); a folder of several DICOM series.
     """
     path = Path(path)
     check_exists(path)
