@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
 import os
 import re
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from RegSegLib.errors import InputError
+from RegSegLib.validation import is_number
 from RegSegLib.io.files import atomic_output
 
 TASKS: tuple[str, ...] = ("affine", "elastic", "segmentation", "supervoxel", "synthesis")
@@ -49,8 +49,9 @@ class ManifestError(InputError):
         super().__init__(None, problem)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+def _finite_number(value: Any) -> bool:
+    """A real, finite number (:func:`RegSegLib.validation.is_number`, NaN and inf excluded)."""
+    return is_number(value) and math.isfinite(value)
 
 
 def _triple(value: Any, what: str, integer: bool) -> tuple | None:
@@ -61,7 +62,7 @@ def _triple(value: Any, what: str, integer: bool) -> tuple | None:
     if not isinstance(value, (list, tuple)) or len(value) != 3:
         raise ManifestError(f"{what} must be three positive {kind} or null, got {value!r}")
     for item in value:
-        if not _is_number(item) or item <= 0 or (integer and not float(item).is_integer()):
+        if not _finite_number(item) or item <= 0 or (integer and not float(item).is_integer()):
             raise ManifestError(f"{what} must be three positive {kind} or null, got {value!r}")
     return tuple(int(item) if integer else float(item) for item in value)
 
@@ -83,7 +84,7 @@ class InputContract:
     shape: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
-        if not _is_number(self.channels) or not float(self.channels).is_integer() or self.channels < 1:
+        if not _finite_number(self.channels) or not float(self.channels).is_integer() or self.channels < 1:
             raise ManifestError(f"input channels must be a positive whole number, got {self.channels!r}")
         if not isinstance(self.normalisation, str) or not self.normalisation.strip():
             raise ManifestError("input normalisation must be a non-empty text")
@@ -147,12 +148,12 @@ class ModelEntry:
             raise ManifestError(f"{prefix} file {self.file!r} must be a plain file name (no folder, not a reserved name)")
         if not isinstance(self.sha256, str) or not _SHA256.fullmatch(self.sha256):
             raise ManifestError(f"{prefix} sha256 must be 64 lower-case hex digits, got {self.sha256!r}")
-        if not _is_number(self.size) or not float(self.size).is_integer() or self.size <= 0:
+        if not _finite_number(self.size) or not float(self.size).is_integer() or self.size <= 0:
             raise ManifestError(f"{prefix} size must be a positive whole number of bytes, got {self.size!r}")
         if not isinstance(self.input, InputContract):
             raise ManifestError(f"{prefix} input must be an InputContract")
         if not isinstance(self.metrics, Mapping) or not all(
-            isinstance(key, str) and _is_number(value) for key, value in self.metrics.items()
+            isinstance(key, str) and _finite_number(value) for key, value in self.metrics.items()
         ):
             raise ManifestError(f"{prefix} metrics must map names to finite numbers, got {self.metrics!r}")
         if self.url is not None and (not isinstance(self.url, str) or not self.url.startswith(("http://", "https://"))):
