@@ -45,7 +45,6 @@ from RegSegSlicerLib.registration import (  # noqa: E402
     parse_number_list,
 )
 
-DEFAULT_METRIC = "default"
 MAX_REGULARISATION = 1000.0
 MAX_SPACING_MM = 50.0
 """The model store tasks whose models the Models section lists and imports."""
@@ -111,7 +110,7 @@ class RegSegRegistrationParameterNode:
     initial_transform: Optional[vtkMRMLTransformNode]
     fixed_labels: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     moving_labels: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
-    metric: Annotated[str, Choice([DEFAULT_METRIC, *settings.METRICS])] = DEFAULT_METRIC
+    metric: Annotated[str, Choice(list(settings.METRIC_CHOICES))] = settings.AUTO_METRIC
     diffeomorphic: bool = False
     device: Annotated[str, Choice(list(settings.DEVICES))] = "auto"
     levels: str = ""
@@ -261,7 +260,7 @@ class RegSegRegistrationLogic(ScriptedLoadableModuleLogic):
             moving_volume=parameters.moving_volume,
             method=parameters.method,
             transform_family=parameters.transform_family,
-            metric=None if parameters.metric == DEFAULT_METRIC else parameters.metric,
+            metric=parameters.metric,
             fixed_mask=parameters.fixed_mask,
             fixed_mask_segments=fixed_mask_segments or None,
             moving_mask=parameters.moving_mask,

@@ -120,7 +120,8 @@ def spacing_of(ijk_to_ras: np.ndarray) -> np.ndarray:
 def ijk_to_normalized(shape_kji: Sequence[int]) -> np.ndarray:
     """Matrix mapping voxel indices ``(i, j, k, 1)`` to ``grid_sample`` coordinates ``(x, y, z, 1)``.
 
-    Uses ``align_corners=True``. An axis of size 1 maps index 0 to coordinate -1.
+    Uses ``align_corners=True``. An axis of size 1 maps index 0 to coordinate 0, as ``affine_grid`` places
+    a single voxel.
 
     Args:
         shape_kji: spatial shape ``(K, J, I)`` of the data tensor.
@@ -131,7 +132,7 @@ def ijk_to_normalized(shape_kji: Sequence[int]) -> np.ndarray:
     k, j, i = (int(s) for s in shape_kji)
     scale = [2.0 / max(n - 1, 1) for n in (i, j, k)]
     matrix = np.diag(scale + [1.0])
-    matrix[:3, 3] = -1.0
+    matrix[:3, 3] = [-1.0 if n > 1 else 0.0 for n in (i, j, k)]
     return matrix
 
 
@@ -155,7 +156,7 @@ def grid_centre_ras(ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -> np.ndar
 
 
 def resampled_grid(
-    ijk_to_ras: np.ndarray, shape_kji: Sequence[int], spacing_mm: float | Sequence[float]
+    ijk_to_ras: np.ndarray, shape_kji: Sequence[int], spacing_mm: float | Sequence[float], cover: bool = False
 ) -> "Grid":
     """A grid covering the same physical extent with a new voxel size and the same directions.
 
@@ -165,6 +166,9 @@ def resampled_grid(
         ijk_to_ras: ``[4, 4]`` geometry of the original grid.
         shape_kji: ``(K, J, I)`` of the original grid.
         spacing_mm: new voxel size (one value or one per i, j, k).
+        cover: round the voxel counts up instead of to the nearest, so that the new grid's voxels
+            (centres plus half a voxel) cover every voxel centre of the old grid: a displacement field on
+            the new grid then reaches the whole old grid, as ITK reads it.
 
     Returns:
         The new :class:`Grid` (it unpacks as ``(new_ijk_to_ras, new_shape_kji)``).
@@ -173,7 +177,8 @@ def resampled_grid(
     new_spacing = np.broadcast_to(np.asarray(spacing_mm, dtype=np.float64), (3,)).copy()
     size_ijk = np.array(shape_kji[::-1], dtype=np.float64)
     extent = size_ijk * old_spacing
-    new_size = np.maximum(np.round(extent / new_spacing).astype(int), 1)
+    counts = np.ceil(extent / new_spacing - 1e-6) if cover else np.round(extent / new_spacing)
+    new_size = np.maximum(counts.astype(int), 1)
     directions = np.asarray(ijk_to_ras)[:3, :3] / old_spacing
     new_matrix = np.eye(4)
     new_matrix[:3, :3] = directions * new_spacing
@@ -261,9 +266,9 @@ class Grid(NamedTuple):
         """``[4, 4]`` matrix mapping this grid's ``grid_sample`` coordinates to RAS points."""
         return np.asarray(self.ijk_to_ras, dtype=np.float64) @ np.linalg.inv(ijk_to_normalized(self.shape))
 
-    def resampled(self, spacing_mm: float | Sequence[float]) -> "Grid":
+    def resampled(self, spacing_mm: float | Sequence[float], cover: bool = False) -> "Grid":
         """The grid of the same extent and directions with another voxel size (:func:`resampled_grid`)."""
-        return resampled_grid(self.ijk_to_ras, self.shape, spacing_mm)
+        return resampled_grid(self.ijk_to_ras, self.shape, spacing_mm, cover)
 
     def corner_distance_mm(self, other: "Grid") -> float:
         """:func:`corner_distance_mm` of two grids."""

@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", required=True, help="folder for transform.h5, warped.nrrd and regseg/")
     parser.add_argument("--method", choices=settings.METHODS, default="affine")
     parser.add_argument("--transform", choices=settings.FAMILIES, default="affine")
-    parser.add_argument("--metric", choices=settings.METRICS, default=None)
+    parser.add_argument("--metric", choices=settings.METRIC_CHOICES, default=settings.AUTO_METRIC)
     parser.add_argument("--device", choices=settings.DEVICES, default="auto")
     parser.add_argument("--install-dependencies", action="store_true", help="install missing Python packages first")
     advanced = parser.add_argument_group("advanced settings (as in regseg register; default: the engine's)")

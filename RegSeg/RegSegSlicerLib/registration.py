@@ -44,7 +44,7 @@ class RegistrationRequest:
         moving_volume: the volume brought onto the fixed one.
         method: ``affine`` or ``deformable``.
         transform_family: family of the affine stage (``rigid``, ``similarity``, ``anisotropic``, ``affine``).
-        metric: similarity measure; ``None`` = each stage's default.
+        metric: similarity measure; ``auto`` chooses one that works within and across modalities.
         fixed_mask, moving_mask: label map volume on the image's grid, or segmentation node.
         fixed_mask_segments, moving_mask_segments: segment IDs or names of a segmentation mask (default all).
         initial_transform: transform node to start from (its "transform from parent", fixed -> moving).
@@ -67,7 +67,7 @@ class RegistrationRequest:
     moving_volume: Any
     method: str = "affine"
     transform_family: str = "affine"
-    metric: str | None = None
+    metric: str = "auto"
     fixed_mask: Any = None
     fixed_mask_segments: Sequence[str] | None = None
     moving_mask: Any = None
@@ -185,7 +185,7 @@ def command_arguments(request: RegistrationRequest, files: dict[str, str], outpu
     """
     args = ["register", files["fixed"], files["moving"], "-o", output_dir]
     args += ["--method", request.method, "--transform", request.transform_family, "--device", request.device]
-    if request.metric:
+    if request.metric != "auto":
         args += ["--metric", request.metric]
     for role, option in (
         ("fixed_mask", "--fixed-mask"),

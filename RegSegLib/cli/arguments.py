@@ -7,6 +7,8 @@ Only the text is parsed here; ranges and combinations are checked by the methods
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 from typing import Callable
 
 
@@ -40,5 +42,24 @@ def number(kind: type, what: str, minimum: float | None = None) -> Callable[[str
     return parse
 
 
-labels = number_list(int, "integer labels", minimum=0)
+_label_list = number_list(int, "integer labels", minimum=0)
+
+
+def labels(text: str) -> list[int]:
+    """An argparse type: labels as ``2,3,41`` or a text file listing them (separated by spaces, commas or
+    new lines; ``#`` starts a comment), such as ``labels.txt`` of a label set."""
+    path = Path(text)
+    if not path.is_file():
+        return _label_list(text)
+    try:
+        content = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise argparse.ArgumentTypeError(f"{text}: cannot read the label list ({exc})") from exc
+    words = [word for line in content.splitlines() for word in re.split(r"[\s,]+", line.split("#")[0]) if word]
+    try:
+        return _label_list(",".join(words))
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from exc
+
+
 channel = number(int, "channel number", minimum=0)

@@ -14,9 +14,10 @@ reported as one line ``regseg: error: <path>: <problem>`` on stderr; 128 + signa
 everything succeeded, so a failure or a cancellation leaves no half-written file; inputs are never
 overwritten.
 
-Progress: ``--progress bar`` draws a tqdm bar on stderr (the default on a terminal), ``--progress lines``
-prints ``PROGRESS <fraction> <message>`` lines on stdout (flushed, fractions never decrease, the last is
-``PROGRESS 1.0000 done``), ``--progress none`` reports nothing. A closed standard output (``regseg ... |
+Progress: ``--progress bar`` draws a tqdm bar on stderr (the default on a terminal), ``--progress stages``
+prints one line per stage on stdout (the default otherwise: logs and batch jobs see the run advance),
+``--progress lines`` prints ``PROGRESS <fraction> <message>`` lines on stdout (flushed, fractions never
+decrease, the last is ``PROGRESS 1.0000 done``), ``--progress none`` reports nothing. A closed standard output (``regseg ... |
 head``) changes nothing: what would have been printed is dropped and the exit code stays 0 when the outputs
 were written.
 """
@@ -57,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--progress",
-        choices=("bar", "lines", "none"),
+        choices=("bar", "stages", "lines", "none"),
         default=argparse.SUPPRESS,
-        help="progress display: tqdm bar on stderr (default on a terminal), PROGRESS lines on stdout, or none",
+        help="progress display: tqdm bar on stderr (default on a terminal), one line per stage on stdout "
+        "(default otherwise), PROGRESS lines on stdout, or none",
     )
     common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="tracebacks for internal errors")
 
@@ -87,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     verbose = getattr(args, "verbose", False)
-    mode = getattr(args, "progress", None) or ("bar" if sys.stderr.isatty() else "none")
+    mode = getattr(args, "progress", None) or ("bar" if sys.stderr.isatty() else "stages")
     reporter = None
     with GUARD:
         GUARD.pending, GUARD.raised = None, False
@@ -98,9 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.stdout.flush()
                 return code
             except BrokenPipeError:
-                # stdout's reader left after the work was done (``regseg ... | head``): every output is
-                # already in place, so the run succeeded; the rest of stdout goes to the null device
-                if reporter.last_fraction < 1.0:
+                # stdout's reader left (``regseg ... | head``): after the work was done every output is
+                # already in place, and a command whose product is what it prints has nobody to print it
+                # to; either way the rest of stdout goes to the null device
+                if reporter.last_fraction < 1.0 and not _stdout_closed():
                     raise
                 silence_stdout()
                 return 0
@@ -130,6 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         finally:
             _close(reporter)
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output's reader has gone (flushing it raises ``BrokenPipeError``)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _close(reporter: ProgressReporter | None) -> None:

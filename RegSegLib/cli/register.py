@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -14,9 +15,10 @@ from RegSegLib.cli import arguments
 from RegSegLib.cli.runtime import StagingFolder
 from RegSegLib.errors import InputError
 from RegSegLib.registration.settings import (
+    AUTO_METRIC,
     FAMILIES,
     METHODS,
-    METRICS,
+    METRIC_CHOICES,
     PRESETS,
     AffineSettings,
     DeformableSettings,
@@ -30,8 +32,9 @@ ORDER = 10
 HELP = "register MOVING to FIXED and write a result folder"
 DESCRIPTION = (
     "Registers MOVING to FIXED. Writes warped.nii.gz, transform.h5 (the whole fixed-to-moving mapping, ITK "
-    "composite), affine.tfm, displacement.nii.gz (deformable), warped_labels.nii.gz (with labels), "
-    "metrics.json and qc.png into OUTDIR."
+    "composite; a deformable stage's field at the resolution it was estimated), affine.tfm, "
+    "warped_labels.nii.gz (with labels), metrics.json (every setting used, the figures, any warning) and "
+    "qc.png into OUTDIR; displacement.nii.gz with --displacement-image."
 )
 OUTPUTS = (
     "warped.nii.gz",
@@ -43,6 +46,8 @@ OUTPUTS = (
     "qc.png",
 )
 """Every file ``regseg register`` may write into its output folder."""
+FIELD_GRIDS = ("working", "fixed")
+"""Where the stored displacement field lives: the grid it was estimated on, or the fixed image's grid."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,18 +59,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=METHODS, default=METHODS[0])
     parser.add_argument("--transform", choices=FAMILIES, default=affine.family, help="family of the affine stage")
     parser.add_argument(
-        "--metric", choices=METRICS, default=None,
-        help=f"similarity measure (default: each stage's own, {affine.metric} affine and {deformable.similarity} deformable)",
+        "--metric", choices=METRIC_CHOICES, default=AUTO_METRIC,
+        help="similarity measure of both stages (default auto: chosen to work within and across modalities)",
     )
     parser.add_argument("--fixed-mask", metavar="F", help="mask on the fixed grid (nonzero = inside)")
     parser.add_argument("--moving-mask", metavar="F", help="mask on the moving grid")
     parser.add_argument("--init", metavar="TRANSFORM", help="initial fixed-to-moving transform (.tfm, .h5, field image)")
     parser.add_argument("--fixed-labels", metavar="F", help="fixed label map (for Dice)")
     parser.add_argument("--moving-labels", metavar="F", help="moving label map (warped and scored)")
-    parser.add_argument("--labels", type=arguments.labels, metavar="2,3,...", help="labels to score (default: all nonzero)")
+    parser.add_argument(
+        "--labels", type=arguments.labels, metavar="2,3,...|FILE",
+        help="labels to score, as a list or a file listing them (default: all nonzero)",
+    )
     parser.add_argument("--fixed-channel", type=arguments.channel, metavar="N", help="channel of a 4D fixed image")
     parser.add_argument("--moving-channel", type=arguments.channel, metavar="N", help="channel of a 4D moving image")
     parser.add_argument("--diffeomorphic", action="store_true", help="deformable stage as a stationary velocity field")
+    parser.add_argument(
+        "--field-grid", choices=FIELD_GRIDS, default=FIELD_GRIDS[0],
+        help="grid of the stored displacement field: the one it was estimated on (default) or the fixed image's",
+    )
+    parser.add_argument(
+        "--displacement-image", action="store_true",
+        help="also write the displacement field as displacement.nii.gz (RAS vectors in mm)",
+    )
     advanced = parser.add_argument_group("advanced settings (defaults: the engine's published settings)")
     levels = ",".join(f"{v:g}" for v in affine.levels)
     advanced.add_argument(
@@ -112,6 +128,8 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 ("--deformable-iterations", args.deformable_iterations),
                 ("--preset", None if args.preset == "default" else args.preset),
                 ("--diffeomorphic", args.diffeomorphic or None),
+                ("--field-grid", None if args.field_grid == FIELD_GRIDS[0] else args.field_grid),
+                ("--displacement-image", args.displacement_image or None),
             )
             if value is not None
         ]
@@ -145,7 +163,7 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
     from RegSegLib.io.checks import read_image, read_labels, read_mask
     from RegSegLib.registration.pipeline import register
     from RegSegLib.runtime import Progress, resolve_device
-    from RegSegLib.transforms import CompositeTransform
+    from RegSegLib.transforms import CompositeTransform, field_from_transform
 
     started = time.perf_counter()
     if not args.output.strip():  # Path("") is the current folder
@@ -176,19 +194,24 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
             device=device,
             progress=Progress(report).sub(0.05, 0.8),
         )
+        settings = result.settings
 
         report(0.85, "writing results")
         write_started = time.perf_counter()
+        transform, displacement = result.transform, result.field
+        if displacement is not None and args.field_grid == "fixed":
+            displacement = field_from_transform(displacement, fixed.grid)
+            transform = CompositeTransform([*transform.flattened()[:-1], displacement])
         outcome = evaluate_registration(
-            fixed, moving, result.transform, result.field, args.settings.report_metric,
+            fixed, moving, transform, displacement, settings.report_metric,
             fixed_mask=fixed_mask, fixed_labels=fixed_labels, moving_labels=moving_labels, labels=args.labels,
         )  # fmt: skip
         write_volume(outcome.warped, staging.file("warped.nii.gz"))
-        whole = result.transform if isinstance(result.transform, CompositeTransform) else CompositeTransform([result.transform])
+        whole = transform if isinstance(transform, CompositeTransform) else CompositeTransform([transform])
         write_transform(whole, staging.file("transform.h5"))
         write_transform(result.affine, staging.file("affine.tfm"))
-        if result.field is not None:
-            write_transform(result.field, staging.file("displacement.nii.gz"))
+        if displacement is not None and args.displacement_image:
+            write_transform(displacement, staging.file("displacement.nii.gz"))
         if outcome.warped_labels is not None:
             write_volume(outcome.warped_labels, staging.file("warped_labels.nii.gz"))
         metrics: dict[str, Any] = {
@@ -197,11 +220,15 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
             "moving": args.moving,
             "method": args.method,
             "transform_family": args.transform,
-            "metric": args.settings.report_metric,
+            "metric": settings.report_metric,
+            "metric_chosen": result.metric_reason,
             "diffeomorphic": bool(args.diffeomorphic),
             "initial_transform": args.init,
-            "settings": args.settings.as_dict(),
+            "settings": settings.as_dict(),
+            "field_grid": _grid_record(displacement),
             "device": str(device),
+            "warnings": result.warnings,
+            "guard": {verdict.stage: verdict.as_dict() for verdict in result.verdicts},
             **outcome.report,
         }
         report(0.95, "drawing the QC picture")
@@ -222,7 +249,17 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
     return 0
 
 
+def _grid_record(displacement: Any) -> dict[str, Any] | None:
+    """Shape (i, j, k) and spacing (mm) of the stored displacement field's grid, ``None`` without one."""
+    if displacement is None:
+        return None
+    grid = displacement.grid
+    return {"shape_ijk": list(grid.shape[::-1]), "spacing_mm": [float(v) for v in grid.spacing]}
+
+
 def _print_summary(metrics: dict[str, Any], written: list[Path]) -> None:
+    for warning in metrics["warnings"]:
+        print(f"regseg: warning: {warning}", file=sys.stderr, flush=True)
     similarity = metrics["similarity"]
     print(
         f"regseg: {metrics['method']} registration in {metrics['seconds']['total']:.1f} s on {metrics['device']}; "

@@ -97,14 +97,22 @@ def silence_stdout() -> None:
         os.close(devnull)
 
 
+def stage_of(message: str) -> str:
+    """The stage a progress message belongs to: the part before its colon (``"affine level 1/3"`` of
+    ``"affine level 1/3: step 5/60"``), or the whole message."""
+    return message.split(":", 1)[0].strip()
+
+
 class ProgressReporter:
-    """Receives ``(fraction, message)`` and shows it as a bar, as ``PROGRESS`` lines, or not at all.
+    """Receives ``(fraction, message)`` and shows it as a bar, as ``PROGRESS`` lines, as one line per stage,
+    or not at all.
 
     Fractions never decrease; ``PROGRESS`` lines are throttled (see :data:`LINE_INTERVAL_S`) and the final
-    ``1.0`` line is always printed.
+    ``1.0`` line is always printed. ``stages`` (the default when standard error is not a terminal: a log
+    file, a pipe, a batch job) prints ``regseg: [ 25%] deformable`` on standard output when a stage starts.
 
     Args:
-        mode: ``"bar"``, ``"lines"`` or ``"none"``.
+        mode: ``"bar"``, ``"lines"``, ``"stages"`` or ``"none"``.
     """
 
     def __init__(self, mode: str) -> None:
@@ -113,6 +121,7 @@ class ProgressReporter:
         self.last_line: tuple[str, str] | None = None
         self.last_time = -math.inf
         self.last_printed = -math.inf
+        self.stage: str | None = None
         self.bar = None
         if mode == "bar":
             from tqdm import tqdm
@@ -136,6 +145,14 @@ class ProgressReporter:
                 try:
                     print(f"PROGRESS {fraction:.4f} {message}".rstrip(), flush=True)
                 except BrokenPipeError:  # nobody reads the lines any more: the job goes on without them
+                    silence_stdout()
+        elif self.mode == "stages":
+            stage = stage_of(message)
+            if stage and stage != self.stage:
+                self.stage = stage
+                try:
+                    print(f"regseg: [{100 * fraction:3.0f}%] {stage}", flush=True)
+                except BrokenPipeError:
                     silence_stdout()
         elif self.bar is not None:
             self.bar.n = fraction

@@ -29,7 +29,7 @@ from RegSegLib.ops.intensity import robust_scale
 from RegSegLib.ops.mind import mind_ssc
 from RegSegLib.ops.pyramid import build_pyramid
 from RegSegLib.registration.optim import run_adam, run_lbfgs
-from RegSegLib.registration.settings import AffineSettings
+from RegSegLib.registration.settings import AffineSettings, SettingsError
 from RegSegLib.runtime import Progress, check_memory, resolve_device
 from RegSegLib.transforms import AffineTransform, affine_params, fields, resample
 from RegSegLib.volume import Volume
@@ -80,6 +80,10 @@ def _auto_spacing(fixed: Volume, max_voxels: float = 2.0e6) -> float:
     """Base working spacing: the image's finest spacing, coarsened until the grid has at most ``max_voxels`` voxels."""
     extent = fixed.spacing * np.array(fixed.shape[::-1], dtype=np.float64)
     return float(max(fixed.spacing.min(), np.cbrt(np.prod(extent) / max_voxels)))
+
+
+def _size_text(extent_mm: np.ndarray) -> str:
+    return "x".join(f"{float(v):.0f}" for v in extent_mm)
 
 
 def _centre_of_mass(volume: Volume, weights: torch.Tensor) -> np.ndarray:
@@ -287,6 +291,13 @@ def register_affine(
         levels, iterations, fixed_levels, moving_levels, fixed_mask_f
     )
     finest = int(np.argmin(levels))
+    finest_grid = fixed_levels[finest].grid
+    if finest_grid.num_voxels < min(MIN_LEVEL_VOXELS, fixed.grid.num_voxels):
+        raise SettingsError(
+            f"the finest affine pyramid level ({levels[finest]:g}) works at {float(finest_grid.spacing.max()):g} mm, "
+            f"which leaves {finest_grid.num_voxels} voxels of the {_size_text(fixed.grid.extent_mm)} mm fixed image "
+            f"(at least {MIN_LEVEL_VOXELS} needed): choose smaller --levels"
+        )
     image_voxels = fixed_levels[finest].num_voxels + moving_levels[finest].num_voxels
     compared = fixed_levels[finest].num_voxels if metric == "lncc" else settings.max_samples
     required = 4 * image_voxels * (26 if metric == "mind" else 4) + 4 * compared * (40 if metric in ("lncc", "mi") else 16)

@@ -1,8 +1,10 @@
 """Iterative deformable registration: preparation on a working grid, then ConvexAdam or a control grid.
 
-Both methods return a :class:`~RegSegLib.transforms.DisplacementField` ``u`` on the fixed grid
-(RAS mm) such that the full fixed-to-moving mapping is ``T(x) = initial(x + u(x))``; the caller
-composes ``CompositeTransform([initial, field])``.
+Both methods return a :class:`~RegSegLib.transforms.DisplacementField` ``u`` (RAS mm) on the grid it was
+estimated on (:func:`working_grid`: the fixed grid, or a coarser grid covering it), such that the full
+fixed-to-moving mapping is ``T(x) = initial(x + u(x))``; the caller composes
+``CompositeTransform([initial, field])``. Reading the field with linear interpolation, as ITK and Slicer
+do, gives its value at every fixed voxel: storing it at the resolution it was estimated at loses nothing.
 
 The methods (:data:`ENGINES`) are siblings: :mod:`~RegSegLib.registration.convexadam` (discrete
 search, coupled convex optimisation and Adam; the default) and
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from RegSegLib.geometry import Grid
@@ -27,7 +30,7 @@ from RegSegLib.ops.pyramid import antialiased
 from RegSegLib.registration.control_grid import control_grid
 from RegSegLib.registration.convexadam import convex_adam
 from RegSegLib.registration.dense import Engine
-from RegSegLib.registration.settings import DeformableSettings
+from RegSegLib.registration.settings import DeformableSettings, SettingsError
 from RegSegLib.runtime import Progress, check_memory, resolve_device
 from RegSegLib.transforms import AffineTransform, DisplacementField, fields, resample
 from RegSegLib.volume import Volume
@@ -36,6 +39,8 @@ from RegSegLib.volume import Volume
 ENGINES: dict[str, Engine] = {"convexadam": convex_adam, "grid": control_grid}
 """Deformable method name -> engine ``(fixed, moving, weight, settings, progress) -> voxel field``."""
 
+MIN_WORKING_VOXELS_PER_AXIS = 8
+"""Fewest working-grid voxels along an axis (the discrete search and the control grid halve it twice)."""
 BYTES_PER_WORKING_VOXEL = 300
 BYTES_PER_FIXED_VOXEL = 48
 """Peak memory of the deformable stage: ``300 B`` per working-grid voxel (features, cost volume, fields,
@@ -51,7 +56,7 @@ voxel and 323 MB fixed (about 47 B per fixed voxel); the constants round that up
 def deformable_memory_bytes(fixed: Volume, settings: DeformableSettings) -> int:
     """Estimated peak memory of :func:`register_deformable` (:data:`BYTES_PER_WORKING_VOXEL`), from the
     grids alone: nothing is allocated."""
-    grid = _working_grid(fixed, settings)
+    grid = working_grid(fixed.grid, settings)
     return BYTES_PER_WORKING_VOXEL * grid.num_voxels + BYTES_PER_FIXED_VOXEL * fixed.grid.num_voxels
 
 
@@ -59,11 +64,19 @@ def check_deformable_memory(fixed: Volume, settings: DeformableSettings, device:
     """Refuses, before any work, a deformable stage whose working grid will not fit in free memory.
 
     Raises:
+        SettingsError: the working resolution leaves fewer than :data:`MIN_WORKING_VOXELS_PER_AXIS` voxels
+            along an axis that has more in the fixed image.
         RegSegError: the estimate exceeds the device's free memory; the message names both and the
             working grid, and asks for a coarser ``--spacing``.
     """
-    grid = _working_grid(fixed, settings)
+    grid = working_grid(fixed.grid, settings)
     spacing = float(grid.spacing.min())
+    if min(grid.shape) < MIN_WORKING_VOXELS_PER_AXIS <= min(fixed.shape):
+        raise SettingsError(
+            f"a deformable working resolution of {spacing:g} mm leaves a {'x'.join(map(str, grid.shape[::-1]))} "
+            f"working grid on the {'x'.join(f'{v:.0f}' for v in fixed.grid.extent_mm)} mm fixed image (at least "
+            f"{MIN_WORKING_VOXELS_PER_AXIS} voxels per axis needed): choose a finer --spacing"
+        )
     check_memory(
         deformable_memory_bytes(fixed, settings),
         device,
@@ -73,8 +86,26 @@ def check_deformable_memory(fixed: Volume, settings: DeformableSettings, device:
     )
 
 
-def _working_grid(fixed: Volume, settings: DeformableSettings) -> Grid:
-    return fixed.grid if settings.spacing_mm is None else fixed.grid.resampled(float(settings.spacing_mm))
+def working_spacing(fixed: Grid, settings: DeformableSettings) -> float | None:
+    """The isotropic working spacing in mm, or ``None`` to work on the fixed grid itself.
+
+    ``settings.spacing_mm`` when given; otherwise ``None`` when the fixed grid holds at most
+    ``settings.max_working_voxels`` voxels, else the spacing that gives about that many over the fixed
+    grid's extent (never finer than its finest spacing).
+    """
+    if settings.spacing_mm is not None:
+        return float(settings.spacing_mm)
+    if fixed.num_voxels <= settings.max_working_voxels:
+        return None
+    volume_mm3 = float(np.prod(fixed.extent_mm))
+    return max(float(fixed.spacing.min()), float(np.cbrt(volume_mm3 / settings.max_working_voxels)))
+
+
+def working_grid(fixed: Grid, settings: DeformableSettings) -> Grid:
+    """The grid the deformable stage works on and its field is defined on (:func:`working_spacing`);
+    a coarser grid covers every fixed voxel centre."""
+    spacing = working_spacing(fixed, settings)
+    return fixed if spacing is None else fixed.resampled(spacing, cover=True)
 
 
 def register_deformable(
@@ -105,7 +136,8 @@ def register_deformable(
         **options: fields of :class:`DeformableSettings` that override ``settings``.
 
     Returns:
-        Displacement field ``u`` on the fixed grid, ``[3, K, J, I]`` RAS mm, ``T(x) = initial(x + u(x))``.
+        Displacement field ``u`` on the working grid (:func:`working_grid`), ``[3, K, J, I]`` RAS mm,
+        ``T(x) = initial(x + u(x))``.
 
     Raises:
         SettingsError: a bad setting (before any work).
@@ -122,13 +154,12 @@ def register_deformable(
     dev = resolve_device(device)
     check_deformable_memory(fixed, settings, dev)
     progress.update(0.0, "deformable: preparing images")
-    grid = _working_grid(fixed, settings)
+    grid = working_grid(fixed.grid, settings)
     fixed_image, moving_image, weight = _prepare_images(fixed, moving, initial, fixed_mask, moving_mask, grid, settings, dev)
     disp = ENGINES[settings.method](fixed_image, moving_image, weight, settings, progress)
-    progress.update(0.98, "deformable: writing the field")
-    result = _field_on_fixed_grid(disp, grid, fixed)
+    field_mm = fields.voxel_to_mm(disp, grid.ijk_to_ras)[0]
     progress.update(1.0, "deformable: done")
-    return result
+    return DisplacementField(field_mm.cpu().contiguous(), grid.ijk_to_ras.copy())
 
 
 def _on_grid(volume: Volume, transform: AffineTransform | None, grid: Grid, dev: torch.device) -> torch.Tensor:
@@ -168,14 +199,3 @@ def _prepare_images(
         on_grid = (_on_grid(binary, transform, grid, dev) > 0.5).float()
         weight = on_grid if weight is None else weight * on_grid
     return fixed_image, moving_image, weight
-
-
-def _field_on_fixed_grid(disp: torch.Tensor, grid: Grid, fixed: Volume) -> DisplacementField:
-    """Working-grid voxel displacement ``[1, 3, K, J, I]`` -> RAS mm field on the fixed grid."""
-    field_mm = fields.voxel_to_mm(disp, grid.ijk_to_ras)[0]
-    if grid.same_as(fixed.grid):
-        return DisplacementField(field_mm.cpu().contiguous(), fixed.ijk_to_ras.copy())
-    theta = grid.ras_to_normalized() @ fixed.grid.normalized_to_ras()
-    coordinates = fields.affine_sampling_grid(torch.as_tensor(theta[:3], device=disp.device), fixed.shape)
-    sampled = fields.sample(field_mm[None], coordinates, padding_mode="border")[0]
-    return DisplacementField(sampled.cpu().contiguous(), fixed.ijk_to_ras.copy())

@@ -3,6 +3,10 @@
 As in ANTs and elastix, a deformable registration starts with an affine stage and refines it with a dense
 displacement field; the result maps fixed points to moving points (``warped(x) = moving(T(x))``).
 
+Before the stages run, a metric left to ``auto`` is chosen from the images
+(:func:`~RegSegLib.registration.modality.choose_metric`). After each stage the guard
+(:mod:`~RegSegLib.registration.guard`) scores the alignment; a stage that made it worse is undone and the
+result says so in :attr:`RegistrationResult.warnings`.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ import torch
 
 from RegSegLib.registration.affine import register_affine
 from RegSegLib.registration.deformable import check_deformable_memory, register_deformable
-from RegSegLib.registration.settings import RegistrationSettings
+from RegSegLib.registration.guard import Guard, Verdict
+from RegSegLib.registration.modality import choose_metric
+from RegSegLib.registration.settings import AUTO_METRIC, RegistrationSettings
 from RegSegLib.runtime import Progress, resolve_device
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField, Transform, resample
 from RegSegLib.volume import Volume
@@ -32,15 +38,27 @@ class RegistrationResult:
         transform: the whole fixed-to-moving mapping: an :class:`AffineTransform`, or a
             :class:`CompositeTransform` in ITK order (``[affine, field]``, preceded by the parts of an
             initial transform that held a displacement field).
-        affine: the affine stage's result.
-        field: the deformable stage's displacement field on the fixed grid, ``None`` for affine only.
-        seconds: wall time per stage (``"affine"``, ``"deformable"``).
+        affine: the affine stage's result (the initial alignment when the guard undid the stage).
+        field: the deformable stage's displacement field on the grid it was estimated on, ``None`` for
+            affine only or when the guard undid the stage.
+        settings: the settings actually used (the metric chosen when it was ``auto``).
+        metric_reason: why the metric was chosen (``"given"`` when the user chose it).
+        verdicts: the guard's verdict on each stage, in order.
+        seconds: wall time per stage (``"affine"``, ``"deformable"``, ``"guard"``).
     """
 
     transform: Transform
     affine: AffineTransform
     field: Optional[DisplacementField]
+    settings: RegistrationSettings
+    metric_reason: str = "given"
+    verdicts: list[Verdict] = dataclass_field(default_factory=list)
     seconds: dict[str, float] = dataclass_field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Sentences for the user about stages the guard undid (empty when every stage was kept)."""
+        return [verdict.warning for verdict in self.verdicts if verdict.warning]
 
 
 def split_initial(initial: Transform | None) -> tuple[AffineTransform | None, list]:
@@ -107,8 +125,13 @@ def register(
     elif options:
         raise TypeError(f"give either settings or options, not both (options: {sorted(options)})")
     progress = progress or Progress()
+    torch_device = resolve_device(device)
     if settings.deformable is not None:  # refuse a working grid that cannot fit before the affine stage runs
-        check_deformable_memory(fixed, settings.deformable, resolve_device(device))
+        check_deformable_memory(fixed, settings.deformable, torch_device)
+    reason = "given"
+    if settings.metric == AUTO_METRIC:
+        metric, reason = choose_metric(fixed, moving)
+        settings = settings.with_metric(metric)
     affine_start, pre_parts = split_initial(initial)
     if pre_parts:
         pre = CompositeTransform(pre_parts)
@@ -116,7 +139,12 @@ def register(
         if moving_mask is not None:
             moving_mask = resample(moving_mask, fixed, pre, mode="nearest")
     affine_share = 1.0 if settings.method == "affine" else AFFINE_SHARE_OF_DEFORMABLE
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {"guard": 0.0}
+
+    start = time.perf_counter()
+    guard = Guard(fixed, moving, fixed_mask, moving_mask, torch_device)
+    current = guard.score(affine_start)
+    seconds["guard"] += time.perf_counter() - start
 
     start = time.perf_counter()
     affine = register_affine(
@@ -126,11 +154,17 @@ def register(
         fixed_mask=fixed_mask,
         moving_mask=moving_mask,
         initial=affine_start,
-        device=device,
+        device=torch_device,
         progress=progress.sub(0.0, affine_share),
         **({"init": "identity"} if pre_parts else {}),
     )
     seconds["affine"] = time.perf_counter() - start
+    start = time.perf_counter()
+    verdict, current = guard.judge("affine", current, affine)
+    verdicts = [verdict]
+    if verdict.rolled_back:
+        affine = affine_start or AffineTransform.identity()
+    seconds["guard"] += time.perf_counter() - start
 
     displacement = None
     if settings.deformable is not None:
@@ -142,12 +176,26 @@ def register(
             initial=affine,
             fixed_mask=fixed_mask,
             moving_mask=moving_mask,
-            device=device,
+            device=torch_device,
             progress=progress.sub(affine_share, 1.0 - affine_share),
         )
         seconds["deformable"] = time.perf_counter() - start
+        start = time.perf_counter()
+        verdict, current = guard.judge("deformable", current, CompositeTransform([affine, displacement]))
+        verdicts.append(verdict)
+        if verdict.rolled_back:
+            displacement = None
+        seconds["guard"] += time.perf_counter() - start
 
     parts = [*pre_parts, affine] + ([displacement] if displacement is not None else [])
     transform: Transform = affine if len(parts) == 1 else CompositeTransform(parts)
     progress.update(1.0, "registration done")
-    return RegistrationResult(transform=transform, affine=affine, field=displacement, seconds=seconds)
+    return RegistrationResult(
+        transform=transform,
+        affine=affine,
+        field=displacement,
+        settings=settings,
+        metric_reason=reason,
+        verdicts=verdicts,
+        seconds=seconds,
+    )

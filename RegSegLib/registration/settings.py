@@ -8,7 +8,7 @@ and a :class:`~RegSegLib.errors.RegSegError`) before any work starts, with the s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 from RegSegLib import vocabulary
@@ -25,6 +25,9 @@ METHODS: tuple[str, ...] = ("affine", "deformable")
 """``affine``, or ``deformable`` (an affine stage, then a dense displacement field)."""
 FAMILIES: tuple[str, ...] = tuple(vocabulary.FAMILIES)
 METRICS: tuple[str, ...] = vocabulary.IMAGE_METRICS
+AUTO_METRIC = "auto"
+METRIC_CHOICES: tuple[str, ...] = (AUTO_METRIC, *METRICS)
+"""What a user may ask for: ``auto`` (chosen from the images when the registration starts) or a metric."""
 DEVICES: tuple[str, ...] = vocabulary.DEVICES
 INITIALISATIONS: tuple[str, ...] = ("identity", "centres", "moments")
 DEFORMABLE_METHODS: tuple[str, ...] = ("convexadam", "grid")
@@ -33,6 +36,7 @@ DEFORMABLE_SIMILARITY_FOR: dict[str, str] = {"mi": "mind"}
 """The deformable stage's measure for a metric it does not have (mutual information -> MIND)."""
 DEFAULT_AFFINE_METRIC = "ncc"
 DEFAULT_DEFORMABLE_SIMILARITY = "lncc"
+"""The stages' own measures, used when a stage's settings are made directly (the Python API)."""
 PENALTIES: tuple[str, ...] = ("diffusion", "bending")
 
 
@@ -141,7 +145,9 @@ class DeformableSettings(Overridable):
         similarity: ``lncc`` (default), ``ncc``, ``mse`` or ``mind`` (MIND-SSC, multi-modal).
             ConvexAdam's discrete search always uses MIND-SSC; the Adam stages use ``similarity``.
         diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring.
-        spacing_mm: isotropic working resolution; ``None`` works on the fixed grid.
+        spacing_mm: isotropic working resolution; ``None``: the fixed grid when it holds at most
+            ``max_working_voxels`` voxels, else the isotropic spacing that gives about that many.
+        max_working_voxels: voxel budget of the automatic working resolution.
         search_shrink: the discrete search runs on the working grid shrunk by this factor.
         coarse_levels: ConvexAdam discrete levels, coarse to fine.
         coupling: coupled convex optimisation weights (cost units per squared quantisation step).
@@ -170,6 +176,7 @@ class DeformableSettings(Overridable):
     similarity: str = DEFAULT_DEFORMABLE_SIMILARITY
     diffeomorphic: bool = False
     spacing_mm: float | None = None
+    max_working_voxels: int = 1_000_000
     search_shrink: int = 2
     coarse_levels: tuple[CoarseLevel, ...] = (CoarseLevel(step=2, radius=3, quantisation=1),)
     coupling: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
@@ -203,7 +210,7 @@ class DeformableSettings(Overridable):
         object.__setattr__(self, "coarse_levels", levels)
         object.__setattr__(self, "coupling", check_counts(self.coupling, "coupling weights", integer=False))
         object.__setattr__(self, "pyramid", check_counts(self.pyramid, "grid pyramid factors", integer=True))
-        for name in ("search_shrink", "adam_step", "control_step", "lncc_window", "integration_steps", "mind_radius", "mind_dilation"):
+        for name in ("max_working_voxels", "search_shrink", "adam_step", "control_step", "lncc_window", "integration_steps", "mind_radius", "mind_dilation"):
             check_positive(getattr(self, name), name.replace("_", " "), integer=True)
         for name in ("adam_iterations", "fine_iterations", "cost_smoothing", "adam_smoothing", "inverse_iterations"):
             check_positive(getattr(self, name), name.replace("_", " "), integer=True, zero_allowed=True)
@@ -231,23 +238,24 @@ class RegistrationSettings:
 
     Attributes:
         method: ``affine`` or ``deformable``.
-        metric: the similarity the user chose (``None``: each stage's default); it names the
-            before/after similarity of the report (``lncc`` when ``None``).
+        metric: ``auto`` (each stage's measure is chosen from the images when the registration starts,
+            :func:`~RegSegLib.registration.modality.choose_metric`) or the metric the user chose for
+            both stages (the deformable stage uses ``mind`` for ``mi``); it names the before/after
+            similarity of the report.
         preset: the deformable preset the settings started from.
         affine: the affine stage.
         deformable: the deformable stage (``None`` for ``affine``).
     """
 
     method: str = "affine"
-    metric: str | None = None
+    metric: str = AUTO_METRIC
     preset: str = "default"
     affine: AffineSettings = field(default_factory=AffineSettings)
     deformable: DeformableSettings | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.method, METHODS, "method")
-        if self.metric is not None:
-            check_choice(self.metric, METRICS, "similarity metric")
+        check_choice(self.metric, METRIC_CHOICES, "similarity metric")
         if self.method == "deformable" and self.deformable is None:
             raise SettingsError("a deformable registration needs deformable settings")
 
@@ -256,7 +264,7 @@ class RegistrationSettings:
         cls,
         method: str = "affine",
         family: str = "affine",
-        metric: str | None = None,
+        metric: str | None = AUTO_METRIC,
         *,
         diffeomorphic: bool = False,
         levels: Sequence[float] | None = None,
@@ -271,7 +279,8 @@ class RegistrationSettings:
         Args:
             method: ``affine`` or ``deformable``.
             family: the affine stage's family.
-            metric: similarity of both stages; the deformable stage uses ``mind`` for ``mi``.
+            metric: ``auto`` (or ``None``) to choose from the images, or the similarity of both stages;
+                the deformable stage uses ``mind`` for ``mi``.
             diffeomorphic: deformable stage as a stationary velocity field.
             levels: affine pyramid factors, coarse to fine.
             iterations: affine iterations, one per level.
@@ -286,11 +295,9 @@ class RegistrationSettings:
         """
         check_choice(method, METHODS, "method")
         check_choice(preset, tuple(PRESETS), "deformable preset")
-        if metric is not None:
-            check_choice(metric, METRICS, "similarity metric")
+        metric = AUTO_METRIC if metric is None else metric
+        check_choice(metric, METRIC_CHOICES, "similarity metric")
         affine_options: dict[str, Any] = {"family": family}
-        if metric is not None:
-            affine_options["metric"] = metric
         if levels is not None:
             affine_options["levels"] = check_counts(levels, "affine pyramid levels", integer=False)
             if iterations is None:
@@ -304,8 +311,6 @@ class RegistrationSettings:
             affine_options["iterations"] = tuple(iterations)
         affine = AffineSettings(**affine_options)
         deformable_options: dict[str, Any] = {"diffeomorphic": bool(diffeomorphic)}
-        if metric is not None:
-            deformable_options["similarity"] = DEFORMABLE_SIMILARITY_FOR.get(metric, metric)
         if deformable_iterations is not None:
             counts = check_counts(deformable_iterations, "deformable iterations", integer=True, zero_allowed=True)
             if len(counts) > 2:
@@ -320,13 +325,13 @@ class RegistrationSettings:
         if spacing is not None:
             deformable_options["spacing_mm"] = spacing
         deformable = DeformableSettings.from_preset(preset, **deformable_options)
-        return cls(
+        settings = cls(
             method=method,
-            metric=metric,
             preset=preset,
             affine=affine,
             deformable=deformable if method == "deformable" else None,
         )
+        return settings if metric == AUTO_METRIC else settings.with_metric(metric)
 
     @classmethod
     def from_attributes(cls, source: Any, **renamed: str) -> "RegistrationSettings":
@@ -342,10 +347,28 @@ class RegistrationSettings:
         values = {option: getattr(source, renamed.get(option, option)) for option in USER_OPTIONS}
         return cls.create(**values)
 
+    def with_metric(self, metric: str) -> "RegistrationSettings":
+        """These settings with ``metric`` in both stages (the deformable stage's equivalent for ``mi``).
+
+        Raises:
+            SettingsError: ``metric`` is not one of :data:`METRICS`.
+        """
+        check_choice(metric, METRICS, "similarity metric")
+        deformable = self.deformable
+        if deformable is not None:
+            deformable = deformable.overridden(similarity=DEFORMABLE_SIMILARITY_FOR.get(metric, metric))
+        return replace(self, metric=metric, affine=self.affine.overridden(metric=metric), deformable=deformable)
+
     @property
     def report_metric(self) -> str:
-        """The measure of the before/after similarity report."""
-        return self.metric or DEFAULT_DEFORMABLE_SIMILARITY
+        """The measure of the before/after similarity report.
+
+        Raises:
+            SettingsError: the metric is still ``auto`` (it is chosen when the registration starts).
+        """
+        if self.metric == AUTO_METRIC:
+            raise SettingsError("the similarity metric is chosen from the images when the registration starts")
+        return self.metric
 
     def as_dict(self) -> dict[str, Any]:
         """Every resolved setting, for ``metrics.json`` (the affine initialisation resolved too)."""

@@ -13,12 +13,17 @@ convert to voxel fields with the grid's IJK-to-RAS matrix (:func:`mm_to_voxel`, 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from RegSegLib import geometry
+
+warnings.filterwarnings("ignore", message="Since version 1.3.0, affine_grid behavior has changed for unit-size grids")
+"""A grid axis of one voxel sits at normalised 0, its centre: what :func:`geometry.ijk_to_normalized` says and
+what ``affine_grid`` has done since torch 1.3; its warning about that change says nothing to a user."""
 
 
 @functools.lru_cache(maxsize=8)

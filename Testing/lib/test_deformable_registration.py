@@ -14,7 +14,8 @@ from RegSegLib.io.volumes import read_volume
 from RegSegLib.runtime import Cancelled, Progress
 from RegSegLib.registration.deformable import register_deformable
 from RegSegLib.registration.settings import DeformableSettings
-from RegSegLib.transforms import DisplacementField, jacobian_determinant, resample
+from RegSegLib.registration.deformable import working_grid
+from RegSegLib.transforms import DisplacementField, field_from_transform, jacobian_determinant, resample
 from RegSegLib.volume import Volume
 
 SPACING_MM = 4.0
@@ -56,8 +57,10 @@ def deformed_pair(volume: Volume, truth: DisplacementField) -> Volume:
 
 
 def mean_error(result: DisplacementField, truth: DisplacementField, region: torch.Tensor) -> float:
-    """Mean distance (mm) between recovered and true mappings over a boolean ``[K, J, I]`` region."""
-    return float((result.field - truth.field).norm(dim=0)[region].mean())
+    """Mean distance (mm) between recovered and true mappings over a boolean ``[K, J, I]`` region of the
+    truth's grid (the result is read there as ITK reads it, whatever grid it was estimated on)."""
+    on_truth_grid = field_from_transform(result, truth.grid)
+    return float((on_truth_grid.field - truth.field).norm(dim=0)[region].mean())
 
 
 def foreground(volume: Volume) -> torch.Tensor:
@@ -142,7 +145,8 @@ def test_cancel_event_stops_registration(brain: Volume) -> None:
 
 
 def test_working_resolution_and_initial_affine(brain: Volume) -> None:
-    """A pure shift handled by the initial affine leaves a near-zero field, returned on the fixed grid.
+    """A pure shift handled by the initial affine leaves a near-zero field, returned on the working grid,
+    which covers every fixed voxel centre.
 
     MIND keeps an aligned pair exactly in place (see the identity test for local NCC's small drift).
     """
@@ -154,8 +158,24 @@ def test_working_resolution_and_initial_affine(brain: Volume) -> None:
     result = register_deformable(
         brain, moving, initial=AffineTransform(shift), spacing_mm=6.0, similarity="mind", device="cpu"
     )
-    assert result.shape == brain.shape and np.allclose(result.ijk_to_ras, brain.ijk_to_ras)
-    assert float(result.field.norm(dim=0)[foreground(brain)].mean()) < 0.5
+    assert np.allclose(result.grid.spacing, 6.0)
+    assert result.grid.same_as(working_grid(brain.grid, DeformableSettings(spacing_mm=6.0)))
+    first, last = (geometry.transform_points(brain.ijk_to_ras, np.array(corner, dtype=float)) for corner in ([0, 0, 0], np.array(brain.shape[::-1]) - 1))
+    to_field = np.linalg.inv(result.ijk_to_ras)
+    for corner in (first, last):
+        assert np.all(np.abs(geometry.transform_points(to_field, corner) - (np.array(result.shape[::-1]) - 1) / 2) <= np.array(result.shape[::-1]) / 2)
+    on_fixed = field_from_transform(result, brain.grid)
+    assert float(on_fixed.field.norm(dim=0)[foreground(brain)].mean()) < 0.5
+
+
+def test_automatic_working_resolution_follows_the_voxel_budget(brain: Volume) -> None:
+    settings = DeformableSettings(max_working_voxels=brain.grid.num_voxels)
+    assert working_grid(brain.grid, settings).same_as(brain.grid)
+    budget = brain.grid.num_voxels // 8
+    coarse = working_grid(brain.grid, DeformableSettings(max_working_voxels=budget))
+    assert np.allclose(coarse.spacing, coarse.spacing[0])
+    assert budget <= coarse.num_voxels <= 1.3 * budget
+    assert np.all(coarse.extent_mm >= brain.grid.extent_mm - 1e-6)
 
 
 def test_unknown_settings_are_rejected() -> None:

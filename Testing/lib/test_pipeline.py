@@ -1,7 +1,9 @@
-"""How the pipeline chains its stages: initial transforms, composition order, progress split, metric mapping.
+"""How the pipeline chains its stages: initial transforms, composition order, progress split, metric mapping,
+the automatic metric and the guard that undoes a stage which made the alignment worse.
 
 The stages are replaced by stand-ins returning known transforms, so the composition can be checked
-exactly; the real stages run end to end in ``test_cli.py``.
+exactly; the real stages run end to end in ``test_cli.py``. The composition tests also replace the guard
+by a stand-in that keeps every stage (named ``KeepEveryStage``); the guard tests use the real one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import RegSegLib.registration.pipeline as pipeline_module
 from RegSegLib.errors import InputError
 from RegSegLib.runtime import Progress
 from RegSegLib.io.checks import as_label_map, check_image
+from RegSegLib.registration.guard import Guard, Score, Verdict
 from RegSegLib.registration.pipeline import register, split_initial
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField, resample
 from RegSegLib.volume import Volume
@@ -31,6 +34,19 @@ def _translation(t: list[float]) -> AffineTransform:
     matrix = np.eye(4)
     matrix[:3, 3] = t
     return AffineTransform(matrix)
+
+
+class KeepEveryStage:
+    """Stand-in for the guard: scores everything alike, so every stage is kept."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def score(self, transform) -> Score:
+        return Score(1.0)
+
+    def judge(self, stage, before, transform):
+        return Verdict(stage, before, before, False), before
 
 
 @pytest.fixture
@@ -51,6 +67,7 @@ def stages(monkeypatch):
 
     monkeypatch.setattr(pipeline_module, "register_affine", fake_affine)
     monkeypatch.setattr(pipeline_module, "register_deformable", fake_deformable)
+    monkeypatch.setattr(pipeline_module, "Guard", KeepEveryStage)
     return calls, found_affine, found_field
 
 
@@ -62,7 +79,7 @@ def test_affine_initial_starts_the_affine_stage(stages):
     assert calls["affine"]["settings"].family == "rigid"
     assert "init" not in calls["affine"]
     assert result.transform is found_affine and result.field is None
-    assert set(result.seconds) == {"affine"}
+    assert set(result.seconds) == {"affine", "guard"}
 
 
 def test_initial_with_a_field_is_pre_composed(stages):
@@ -96,7 +113,73 @@ def test_deformable_composes_affine_then_field_and_splits_progress(stages):
     assert result.transform.transforms == [found_affine, found_field]
     assert result.field is found_field and result.affine is found_affine
     assert reported == pytest.approx([0.25, 0.25 + 0.75 * 0.5, 1.0])
-    assert set(result.seconds) == {"affine", "deformable"}
+    assert set(result.seconds) == {"affine", "deformable", "guard"}
+    assert result.settings.metric == "mi" and result.metric_reason == "given"
+
+
+def test_auto_metric_is_chosen_from_the_images_and_recorded(stages):
+    calls, _, _ = stages
+    result = register(_image(), _image(), method="deformable", device="cpu")
+    assert result.settings.metric == calls["affine"]["settings"].metric == "mind"
+    assert calls["deformable"]["settings"].similarity == "mind"
+    assert result.metric_reason.startswith("auto")
+    assert result.settings.report_metric == "mind"
+
+
+def _blob(shift_mm: float = 0.0) -> Volume:
+    """A bright ellipsoid on a dark background, moved by ``shift_mm`` along R."""
+    k, j, i = torch.meshgrid(*[torch.arange(24.0)] * 3, indexing="ij")
+    r, a, s = i * 2 - 23 - shift_mm, j * 2 - 23, k * 2 - 23
+    data = torch.exp(-4 * ((r / 12) ** 2 + (a / 9) ** 2 + (s / 7) ** 2)) + 0.3 * (torch.sin(r / 4) * torch.cos(a / 6) > 0.5)
+    return Volume(data[None], np.diag([2.0, 2.0, 2.0, 1.0]) @ _translation([-11.5, -11.5, -11.5]).matrix)
+
+
+def test_guard_scores_a_correct_transform_better_than_a_wrong_one():
+    fixed, moving = _blob(), _blob(shift_mm=6.0)
+    guard = Guard(fixed, moving)
+    identity, right, wrong = guard.score(None), guard.score(_translation([6.0, 0, 0])), guard.score(_translation([-6.0, 0, 0]))
+    assert right.mind < 0.5 * identity.mind
+    assert wrong.mind > identity.mind
+    assert right.mask_dice is None
+
+
+def test_a_stage_that_makes_the_alignment_worse_is_undone_and_said(monkeypatch):
+    wrong_affine = _translation([-8.0, 0.0, 0.0])
+    monkeypatch.setattr(pipeline_module, "register_affine", lambda *a, **k: wrong_affine)
+    fixed, moving = _blob(), _blob(shift_mm=6.0)
+    result = register(fixed, moving, device="cpu")
+    np.testing.assert_allclose(result.transform.matrix, np.eye(4))
+    assert result.verdicts[0].rolled_back and result.verdicts[0].after.mind > result.verdicts[0].before.mind
+    assert len(result.warnings) == 1
+    assert "the affine stage made the alignment worse" in result.warnings[0] and "initial alignment was kept" in result.warnings[0]
+
+
+def test_a_stage_that_improves_the_alignment_is_kept(monkeypatch):
+    right_affine = _translation([6.0, 0.0, 0.0])
+    monkeypatch.setattr(pipeline_module, "register_affine", lambda *a, **k: right_affine)
+    result = register(_blob(), _blob(shift_mm=6.0), device="cpu")
+    assert result.transform is right_affine and result.warnings == []
+    assert not result.verdicts[0].rolled_back
+
+
+def test_a_deformable_stage_that_makes_it_worse_is_undone_keeping_the_affine(monkeypatch):
+    right_affine = _translation([6.0, 0.0, 0.0])
+    fixed = _blob()
+    scrambled = DisplacementField(torch.zeros(3, *fixed.shape), fixed.ijk_to_ras)
+    scrambled.field[0] = 10.0 * torch.sin(torch.arange(24.0) / 1.5)[None, None, :]
+    monkeypatch.setattr(pipeline_module, "register_affine", lambda *a, **k: right_affine)
+    monkeypatch.setattr(pipeline_module, "register_deformable", lambda *a, **k: scrambled)
+    result = register(fixed, _blob(shift_mm=6.0), method="deformable", device="cpu")
+    assert result.transform is right_affine and result.field is None
+    assert [v.rolled_back for v in result.verdicts] == [False, True]
+    assert "the deformable stage made the alignment worse" in result.warnings[0] and "affine result was kept" in result.warnings[0]
+
+
+def test_mask_overlap_that_drops_rolls_a_stage_back():
+    better = Score(mind=1.0, mask_dice=0.80)
+    assert Score(mind=0.9, mask_dice=0.70).worse_than(better)
+    assert not Score(mind=0.9, mask_dice=0.795).worse_than(better)
+    assert Score(mind=1.02, mask_dice=0.9).worse_than(better)
 
 
 def test_split_initial():

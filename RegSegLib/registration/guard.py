@@ -1,0 +1,165 @@
+"""The guard against silent failure: a stage that made the alignment worse is rolled back.
+
+After each stage of :func:`~RegSegLib.registration.pipeline.register` the alignment is scored with a
+measure that does not depend on the modality and that no stage optimises as such: the MIND-SSC
+descriptor distance (Heinrich et al. 2013) of the fixed image and the moving image read through the
+transform, on a coarse copy of the fixed grid, over the fixed image's foreground (inside the fixed
+mask when one is given). Where the moving image is read outside its field of view it counts as
+empty, so a transform that pushes the anatomy out of view scores badly. When both masks are given,
+the overlap (Dice) of the fixed mask and the moving mask read through the transform is checked too.
+
+A stage whose result scores worse than what it started from by more than :data:`TOLERANCE` (relative)
+is rolled back: the run keeps the previous result and says so in words (:attr:`Verdict.warning`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from RegSegLib.geometry import Grid
+from RegSegLib.losses import descriptor_distance
+from RegSegLib.ops.intensity import robust_scale
+from RegSegLib.ops.mind import mind_ssc
+from RegSegLib.ops.pyramid import downsample
+from RegSegLib.transforms import Transform, resample
+from RegSegLib.volume import Volume
+
+MAX_GUARD_VOXELS = 300_000
+"""Voxels of the coarse grid the guard scores on (the fixed grid when it is smaller)."""
+TOLERANCE = 0.01
+"""Relative worsening of the MIND distance (or drop of the mask Dice) that rolls a stage back; smaller
+changes are within the measure's noise."""
+FOREGROUND = 0.05
+"""Fixed voxels brighter than this (after robust scaling to [0, 1]) are scored when no fixed mask is given."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """How well a transform aligns the pair.
+
+    Attributes:
+        mind: MIND-SSC distance over the scored region (lower is better).
+        mask_dice: Dice of the fixed mask and the warped moving mask (``None`` without both masks).
+    """
+
+    mind: float
+    mask_dice: float | None = None
+
+    def worse_than(self, previous: "Score") -> bool:
+        """Whether this score is worse than ``previous`` beyond :data:`TOLERANCE`."""
+        if self.mind > previous.mind * (1.0 + TOLERANCE):
+            return True
+        if self.mask_dice is not None and previous.mask_dice is not None:
+            return self.mask_dice < previous.mask_dice - TOLERANCE
+        return False
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {"mind_distance": self.mind, "mask_dice": self.mask_dice}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the guard decided about one stage.
+
+    Attributes:
+        stage: ``"affine"`` or ``"deformable"``.
+        before: the score of what the stage started from.
+        after: the score of the stage's result.
+        rolled_back: whether the stage's result was discarded.
+    """
+
+    stage: str
+    before: Score
+    after: Score
+    rolled_back: bool
+
+    @property
+    def warning(self) -> str | None:
+        """The sentence for the summary and ``metrics.json``, ``None`` when the stage was kept."""
+        if not self.rolled_back:
+            return None
+        kept = "the initial alignment" if self.stage == "affine" else "the affine result"
+        return (
+            f"the {self.stage} stage made the alignment worse (MIND distance {self.before.mind:.4g} -> "
+            f"{self.after.mind:.4g}{self._dice_text()}), so it was undone and {kept} was kept: check the "
+            f"result before using it"
+        )
+
+    def _dice_text(self) -> str:
+        if self.before.mask_dice is None or self.after.mask_dice is None:
+            return ""
+        return f", mask overlap {self.before.mask_dice:.3f} -> {self.after.mask_dice:.3f}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"before": self.before.as_dict(), "after": self.after.as_dict(), "rolled_back": self.rolled_back}
+
+
+class Guard:
+    """Scores transforms of one pair on a fixed coarse grid (the fixed image's MIND descriptors computed once).
+
+    Args:
+        fixed: the fixed image (first channel used).
+        moving: the moving image (first channel used).
+        fixed_mask: optional mask on the fixed grid: the scored region, and the overlap check.
+        moving_mask: optional mask on the moving grid (the overlap check, with ``fixed_mask``).
+        device: where the scoring runs.
+    """
+
+    def __init__(
+        self,
+        fixed: Volume,
+        moving: Volume,
+        fixed_mask: Volume | None = None,
+        moving_mask: Volume | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        grid = fixed.grid
+        if grid.num_voxels > MAX_GUARD_VOXELS:
+            extent = float(np.prod(grid.extent_mm))
+            grid = grid.resampled(max(float(grid.spacing.min()), float(np.cbrt(extent / MAX_GUARD_VOXELS))))
+        self.grid: Grid = grid
+        self.moving = self._first_channel(moving)
+        fixed_image = resample(self._first_channel(fixed), grid).data[None]
+        self.fixed_features = mind_ssc(fixed_image)
+        if fixed_mask is not None:
+            region = resample(self._binary(fixed_mask), grid).data[None] > 0.5
+        else:
+            region = fixed_image > FOREGROUND
+        self.region = region.float()
+        self.fixed_mask = None if fixed_mask is None or moving_mask is None else region.float()
+        self.moving_mask = None if moving_mask is None else self._binary(moving_mask)
+
+    def _first_channel(self, volume: Volume) -> Volume:
+        """The first channel robustly scaled to [0, 1] and smoothed for the coarse grid."""
+        first = Volume(robust_scale(volume.data[:1].to(self.device)), volume.ijk_to_ras)
+        return downsample(first, self.grid.spacing)
+
+    def _binary(self, mask: Volume) -> Volume:
+        return Volume((mask.data[:1] != 0).float().to(self.device), mask.ijk_to_ras)
+
+    @torch.no_grad()
+    def score(self, transform: Transform | None) -> Score:
+        """The score of a fixed-to-moving transform (``None`` is identity)."""
+        warped = resample(self.moving, self.grid, transform).data[None]
+        distance = float(descriptor_distance(self.fixed_features, mind_ssc(warped), self.region))
+        dice = None
+        if self.fixed_mask is not None and self.moving_mask is not None:
+            moving = resample(self.moving_mask, self.grid, transform).data[None] > 0.5
+            fixed = self.fixed_mask > 0.5
+            total = float(fixed.sum() + moving.sum())
+            dice = 2.0 * float((fixed & moving).sum()) / total if total > 0 else 1.0
+        return Score(distance, dice)
+
+    def judge(self, stage: str, before: Score, transform: Transform) -> tuple[Verdict, Score]:
+        """Scores a stage's result against what it started from.
+
+        Returns:
+            ``(verdict, score to carry on from)``: the stage's score when kept, ``before`` when rolled back.
+        """
+        after = self.score(transform)
+        worse = after.worse_than(before)
+        return Verdict(stage, before, after, worse), (before if worse else after)
