@@ -206,6 +206,10 @@ class RegSegRegistrationWidget(JobPanelMixin, ModelSectionMixin, ScriptedLoadabl
             shown = request.moving_volume
             shown.SetAndObserveTransformNodeID(outputs.transform_node.GetID())
         slicer.util.setSliceViewerLayers(background=request.fixed_volume, foreground=shown, foregroundOpacity=0.5)
+        for warning in outputs.warnings:
+            self.on_log(_("Warning: {warning}").format(warning=warning))
+        if outputs.warnings:
+            return _("Done, with a warning: {warning}").format(warning=outputs.warnings[0])
         if outputs.volume_node is not None:
             return _("Done")
         return _("Done: '{moving}' is now under the transform '{transform}'").format(

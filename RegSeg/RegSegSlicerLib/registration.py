@@ -173,6 +173,12 @@ class RegistrationOutputs:
     table_node: Any = None
     metrics: dict = field(default_factory=dict)
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the user must know about the result: a stage the guard undid because it made the alignment
+        worse (``metrics.json``'s ``warnings``)."""
+        return list(self.metrics.get("warnings", []))
+
 
 def command_arguments(request: RegistrationRequest, files: dict[str, str], output_dir: str) -> list[str]:
     """The ``regseg register`` arguments (after ``python -m RegSegLib.cli``) for exported input files.

@@ -101,7 +101,8 @@ def deformable_run(pair, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("deformable") / "result"
     code = cli.main(
         ["register", pair["fixed"], pair["moving"], "-o", str(out), "--method", "deformable", "--progress", "none",
-         "--fixed-labels", pair["fixed_labels"], "--moving-labels", pair["moving_labels"], *FAST_RIGID]
+         "--fixed-labels", pair["fixed_labels"], "--moving-labels", pair["moving_labels"], "--displacement-image",
+         *FAST_RIGID]
     )  # fmt: skip
     assert code == 0
     return out
@@ -194,14 +195,33 @@ def test_apply_reproduces_warped_image_and_labels(affine_run, pair, tmp_path):
 
 def test_deformable_writes_field_and_itk_reproduces_the_composite(deformable_run, pair):
     out = deformable_run
-    assert (out / "displacement.nii.gz").exists()
     transform = sitk.ReadTransform(str(out / "transform.h5")).Downcast()
     assert transform.GetNumberOfTransforms() == 2
     _assert_itk_reproduces(out, pair)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"affine", "deformable"} <= set(metrics["seconds"])
+    assert {"affine", "deformable", "guard"} <= set(metrics["seconds"])
     assert metrics["jacobian"]["folding_fraction"] < 0.01
     assert metrics["dice"]["mean"] > 0.8
+    assert metrics["warnings"] == [] and set(metrics["guard"]) == {"affine", "deformable"}
+    # the field is stored once, on the grid it was estimated on; --displacement-image writes the same field
+    field = read_transform(out / "displacement.nii.gz")
+    assert metrics["field_grid"]["shape_ijk"] == list(field.shape[::-1])
+    whole = read_transform(out / "transform.h5")
+    np.testing.assert_allclose(whole.transforms[-1].field.numpy(), field.field.numpy(), atol=1e-5)
+
+
+def test_field_on_the_fixed_grid_when_asked(pair, tmp_path):
+    out = tmp_path / "result"
+    code = cli.main(
+        ["register", pair["fixed"], pair["moving"], "-o", str(out), "--method", "deformable", "--progress", "none",
+         "--field-grid", "fixed", "--spacing", str(2 * SPACING), *FAST_RIGID]
+    )  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["affine.tfm", "metrics.json", "qc.png", "transform.h5", "warped.nii.gz"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["field_grid"] == {"shape_ijk": [SIZE] * 3, "spacing_mm": [SPACING] * 3}
+    assert metrics["settings"]["deformable"]["spacing_mm"] == 2 * SPACING
+    _assert_itk_reproduces(out, pair)
 
 
 def test_sigterm_cancels_cleanly(pair, tmp_path):
@@ -443,7 +463,7 @@ def test_cli_choices_and_defaults_come_from_the_settings():
     options = {action.dest: action for action in register._actions}
     assert tuple(options["method"].choices) == settings.METHODS
     assert tuple(options["transform"].choices) == settings.FAMILIES
-    assert tuple(options["metric"].choices) == settings.METRICS
+    assert tuple(options["metric"].choices) == settings.METRIC_CHOICES and options["metric"].default == "auto"
     assert tuple(options["preset"].choices) == tuple(settings.PRESETS)
     assert options["levels"].metavar == "4,2,1" and options["iterations"].metavar == "60,20,10"
     assert options["deformable_iterations"].metavar == "12,8"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -90,6 +93,14 @@ def test_the_minimum_size_registers(tmp_path, capsys):
         out = tmp_path / method
         assert cli.main(["register", fixed, moving, "-o", str(out), "--method", method, "--device", "cpu"]) == 0
         assert (out / "warped.nii.gz").exists()
+    # as a process (pytest resets warning filters in-process): nothing on stderr, no library warning
+    repo = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(
+        [sys.executable, "-m", "RegSegLib.cli", "register", fixed, moving, "-o", str(tmp_path / "process"), "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stderr == ""
 
 
 def test_register_refuses_a_sheared_image(pair, tmp_path, capsys):

@@ -450,9 +450,12 @@ def test_advanced_settings_reach_the_engine(prostate, module, tmp_path):
     assert (deformable["adam_iterations"], deformable["fine_iterations"]) == (0, 0)
     assert (deformable["regularisation"], deformable["spacing_mm"]) == (2.0, 4.0)
     assert len(deformable["coarse_levels"]) == 2  # the large-motion preset searches twice
-    # the engine ran exactly the settings the Slicer request validated
+    # the engine ran exactly the settings the Slicer request validated, with the metric auto chose
     request = module.registration.RegistrationRequest(prostate["fixed"], prostate["moving"], **options)
-    assert settings == json.loads(json.dumps(request.engine_settings().as_dict()))
+    assert request.engine_settings().metric == "auto" and outputs.metrics["metric_chosen"].startswith("auto")
+    chosen = request.engine_settings().with_metric(outputs.metrics["metric"])
+    assert settings == json.loads(json.dumps(chosen.as_dict()))
+    assert outputs.warnings == outputs.metrics["warnings"]
     assert not outputs.transform_node.IsLinear() and progress[-1] == 1.0
     command = next(line for line in log if line.startswith("running: "))
     assert "--levels 2.0,1.0 --iterations 20,10 --deformable-iterations 0,0" in command
