@@ -1,25 +1,27 @@
-"""What every benchmark shares: data paths, thread limits, isolated method workers, machine facts, result files.
+"""What every benchmark shares: data paths, whole-process jobs, machine facts, result files.
 
-Each method runs in its own worker process (``multiprocessing`` spawn), one job after another. Before a
-job the worker resets the kernel's peak-RSS counter of its process (``/proc/self/clear_refs``), so the
-peak resident memory reported for a job is that job's own, on top of what the worker already held
-(the imported libraries). A worker that crashes (a segfault in a C++ library) or runs past its time
-limit is replaced, and the job is reported as failed instead of stopping the benchmark.
+Every method runs as a whole process, one fresh process per job, exactly as a user would start it
+(:func:`run_process`): the wall time covers start-up, imports, reading, the work and writing; the
+peak resident memory is the kernel's figure for that process (``ru_maxrss`` from ``os.wait4``); the
+output size is what the process left in its output folder. A process that exits with an error, is
+killed by a signal or runs past its time limit is reported as a failed job instead of stopping the
+benchmark.
 """
 
 from __future__ import annotations
 
 import datetime as _datetime
-import importlib
 import json
 import math
-import multiprocessing
 import os
 import platform
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
-import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,139 +34,136 @@ THREAD_VARIABLES = (
     "OPENBLAS_NUM_THREADS",
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
 )
+"""Environment variables that set the thread count of torch, BLAS and ITK (ANTs, elastix)."""
+GPU_POLL_S = 0.2
+"""Interval of the ``nvidia-smi`` polls that follow a process's GPU memory."""
 
 
-def limit_threads(threads: int) -> None:
-    """Sets the thread variables read by torch, BLAS and ITK (ANTs, elastix); call before importing them."""
-    for name in THREAD_VARIABLES:
-        os.environ[name] = str(threads)
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+def thread_environment(threads: int) -> dict[str, str]:
+    """The current environment with every variable of :data:`THREAD_VARIABLES` set to ``threads``."""
+    environment = dict(os.environ)
+    environment.update({name: str(threads) for name in THREAD_VARIABLES})
+    return environment
 
 
-def _read_status_kb(field: str) -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return float(line.split()[1])
-    return math.nan
+@dataclass
+class ProcessResult:
+    """What one whole process cost.
 
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _worker_loop(connection, threads: int, warm_up: str | None) -> None:
-    limit_threads(threads)
-    if warm_up:
-        module_name, function_name = warm_up.split(":")
-        getattr(importlib.import_module(module_name), function_name)(threads)
-    connection.send(("ready", None))
-    while True:
-        message = connection.recv()
-        if message is None:
-            return
-        target, kwargs = message
-        module_name, function_name = target.split(":")
-        function = getattr(importlib.import_module(module_name), function_name)
-        reset = _reset_peak_rss()
-        start_rss = _read_status_kb("VmRSS")
-        start = time.perf_counter()
-        try:
-            result = function(**kwargs)
-        except Exception:  # reported to the parent as a failed job, the worker lives on
-            connection.send(("error", traceback.format_exc(limit=8)))
-            continue
-        wall = time.perf_counter() - start
-        result = dict(result or {})
-        extra = float(result.pop("extra_s", 0.0))
-        result["time_s"] = wall - extra
-        result["eval_export_s"] = extra
-        result["peak_rss_mb"] = _read_status_kb("VmHWM") / 1024.0 if reset else math.nan
-        result["start_rss_mb"] = start_rss / 1024.0
-        connection.send(("ok", result))
-
-
-class JobFailed(RuntimeError):
-    """A job raised, crashed its worker or ran past its time limit."""
-
-
-class Worker:
-    """A process that runs one method's jobs in isolation.
-
-    Args:
-        name: label used in messages.
-        threads: thread count for torch / ITK inside the worker.
-        warm_up: ``"module:function"`` called once with ``threads`` at start (imports, lazy loading), so
-            that library start-up is not counted in the first job's time.
+    Attributes:
+        exit_code: the process's exit status (negative: killed by that signal).
+        wall_s: wall time from starting the process to its end (``time.perf_counter``).
+        peak_rss_mb: the process's peak resident memory (``ru_maxrss``), MiB.
+        bytes_written: total size of the files in its output folder after it ended.
+        timed_out: it ran past the time limit and was killed.
+        gpu_peak_mb: the most GPU memory ``nvidia-smi`` saw it hold (MiB), when followed.
     """
 
-    def __init__(self, name: str, threads: int, warm_up: str | None = None) -> None:
-        self.name = name
-        self.threads = threads
-        self.warm_up = warm_up
-        self._process = None
-        self._connection = None
+    exit_code: int
+    wall_s: float
+    peak_rss_mb: float
+    bytes_written: int
+    timed_out: bool
+    gpu_peak_mb: float | None = None
 
-    def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        self._process = context.Process(
-            target=_worker_loop, args=(child, self.threads, self.warm_up), name=f"bench-{self.name}", daemon=True
-        )
-        self._process.start()
-        child.close()
-        self._connection = parent
-        status, _ = self._connection.recv()
-        if status != "ready":
-            raise JobFailed(f"{self.name}: worker did not start")
 
-    def call(self, target: str, timeout_s: float | None = None, **kwargs: Any) -> dict:
-        """Runs ``module:function(**kwargs)`` in the worker.
+def folder_bytes(folder: Path) -> int:
+    """Total size of the regular files under ``folder`` (0 when it does not exist)."""
+    if not folder.is_dir():
+        return 0
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file() and not path.is_symlink())
 
-        Returns:
-            The function's dict plus ``time_s`` (wall time minus the ``extra_s`` the job declared as
-            evaluation-only export), ``eval_export_s``, ``peak_rss_mb`` and ``start_rss_mb``.
 
-        Raises:
-            JobFailed: the job raised, the worker died, or ``timeout_s`` passed.
-        """
-        if self._process is None or not self._process.is_alive():
-            self._start()
-        self._connection.send((target, kwargs))
-        if not self._connection.poll(timeout_s):
-            self.stop(force=True)
-            raise JobFailed(f"{self.name}: no result within {timeout_s:.0f} s (time limit)")
-        try:
-            status, payload = self._connection.recv()
-        except EOFError:
-            code = self._process.exitcode if self._process is not None else None
-            self.stop(force=True)
-            raise JobFailed(f"{self.name}: worker died (exit code {code})") from None
-        if status == "error":
-            raise JobFailed(f"{self.name}: {payload.strip().splitlines()[-1]}\n{payload}")
-        return payload
+class _GpuMonitor(threading.Thread):
+    """Polls ``nvidia-smi`` for the GPU memory one process holds and keeps the largest value."""
 
-    def stop(self, force: bool = False) -> None:
-        """Ends the worker process (politely unless ``force``)."""
-        if self._process is None:
-            return
-        if not force and self._process.is_alive():
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak_mb: float | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
+        while not self.done.wait(GPU_POLL_S):
             try:
-                self._connection.send(None)
-                self._process.join(10)
-            except (BrokenPipeError, OSError):
-                pass
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join(10)
-        self._process = None
-        self._connection = None
+                lines = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout
+            except (OSError, subprocess.SubprocessError):
+                return
+            for line in lines.splitlines():
+                fields = [part.strip() for part in line.split(",")]
+                if len(fields) == 2 and fields[0] == str(self.pid) and fields[1].isdigit():
+                    self.peak_mb = max(self.peak_mb or 0.0, float(fields[1]))
+
+
+def _kill_group(pid: int, timed_out: threading.Event) -> None:
+    timed_out.set()
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_process(
+    argv: Sequence[str],
+    output_dir: Path,
+    log_path: Path,
+    env: dict[str, str],
+    timeout_s: float,
+    cwd: Path | None = None,
+    follow_gpu: bool = False,
+) -> ProcessResult:
+    """Runs one command as a fresh process and measures it.
+
+    The process starts in its own session (so a time limit kills it with everything it started), reads
+    nothing from standard input and writes standard output and error to ``log_path``.
+
+    Args:
+        argv: the command.
+        output_dir: the folder it writes its results into (measured after it ends).
+        log_path: file that receives its standard output and error.
+        env: its environment (thread counts, see :func:`thread_environment`).
+        timeout_s: time limit; past it the process group is killed.
+        cwd: its working folder (default: the current one).
+        follow_gpu: poll ``nvidia-smi`` for its GPU memory.
+
+    Returns:
+        Exit code, wall time, peak RSS, bytes written and whether the time limit was hit.
+    """
+    timed_out = threading.Event()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            start_new_session=True,
+        )  # fmt: skip
+        timer = threading.Timer(timeout_s, _kill_group, (process.pid, timed_out))
+        timer.start()
+        monitor = _GpuMonitor(process.pid) if follow_gpu and shutil.which("nvidia-smi") else None
+        if monitor is not None:
+            monitor.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:
+            _kill_group(process.pid, threading.Event())
+            process.wait()
+            raise
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - start
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if monitor is not None:
+            monitor.done.set()
+            monitor.join()
+    return ProcessResult(
+        exit_code=process.returncode,
+        wall_s=wall,
+        peak_rss_mb=usage.ru_maxrss / 1024.0,
+        bytes_written=folder_bytes(output_dir),
+        timed_out=timed_out.is_set(),
+        gpu_peak_mb=None if monitor is None else monitor.peak_mb,
+    )
 
 
 def _package_version(name: str) -> str | None:
@@ -273,7 +272,7 @@ def write_results(out_dir: Path, stem: str, title: str, machine: dict, body_mark
         f"- command: `{machine['command']}`",
         f"- machine: {machine['cpu']}, {machine['cores_available']} cores available, {machine['memory_gb']} GB RAM"
         + (f", GPU {machine['gpu']}" if machine.get("gpu") else ""),
-        f"- threads per method: {machine['threads_per_method']}; load average at start: {machine['load_average_1_5_15']}",
+        f"- threads per process: {machine['threads_per_method']}; load average at start: {machine['load_average_1_5_15']}",
         f"- code: git {machine['git_commit']}{' (uncommitted changes)' if machine['git_dirty'] else ''}",
         f"- versions: {versions}",
         "",

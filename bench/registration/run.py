@@ -1,5 +1,8 @@
 """Registration benchmark: RegSeg against ANTsPy and itk-elastix, side by side, on the same files.
 
+Every job is one fresh process started as a user would start it (``regseg register ...``, or
+``python`` with the peer's script), timed and measured as a whole; see ``bench/README.md``.
+
 Usage (from the repository root)::
 
     python bench/registration/run.py --suites all            # every suite, final figures
@@ -19,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.common import REPO, SHARED_DATA, WORK, limit_threads, machine_info, write_results  # noqa: E402
+from bench.common import REPO, SHARED_DATA, WORK, machine_info, write_results  # noqa: E402
 
 SUITES = {
     1: ("brain-mr", "bench.registration.suite_brain"),
@@ -60,12 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a small subset of every suite (minutes)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
     parser.add_argument("--work", type=Path, default=WORK, help="folder for prepared inputs and job outputs")
-    parser.add_argument("--threads", type=int, default=2, help="threads per method (torch, ITK)")
+    parser.add_argument("--threads", type=int, default=2, help="threads of every process (torch, BLAS, ITK)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="time limit of one job in seconds")
-    parser.add_argument("--device", default="cpu", help="RegSeg device for suites 1-5 (cpu, cuda, auto)")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto",
+        help="RegSeg --device (auto: no option, as a user types it); the peers run on the CPU",
+    )
     parser.add_argument("--cases", type=int, default=None, help="cap on the cases of suites 2 and 3")
     parser.add_argument("--peer-cases", type=int, default=None, help="cap on the lung pairs the peers run (suite 3)")
-    parser.add_argument("--keep", action="store_true", help="keep every job's output files under --work")
+    parser.add_argument("--keep", action="store_true", help="keep every job's folder (outputs, log) under --work")
     return parser
 
 
@@ -74,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     if not SHARED_DATA.is_dir():
         print(f"{SHARED_DATA}: data folder not found; the benchmark needs ../shared/data", file=sys.stderr)
         return 2
-    limit_threads(args.threads)
     import importlib
 
     import torch
@@ -83,22 +88,20 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     ctx = Context(
-        peers=args.peers, quick=args.quick, threads=args.threads, work=args.work, timeout_s=args.timeout,
+        peers=args.peers, quick=args.quick, threads=args.threads, work=args.work.resolve(), timeout_s=args.timeout,
         device=args.device, keep=args.keep, cases=args.cases, peer_cases=args.peer_cases,
     )
     for number in args.suites:
         name, module_name = SUITES[number]
         if number == 6:
-            name = f"scaling-{args.device}"
+            name = f"scaling-{'cuda' if ctx.regseg_on_gpu else 'cpu'}"
         machine = machine_info(args.threads)
         start = time.perf_counter()
-        try:
-            body, payload = importlib.import_module(module_name).run(ctx)
-        finally:
-            ctx.stop_workers()
+        body, payload = importlib.import_module(module_name).run(ctx)
         payload["suite_seconds"] = time.perf_counter() - start
         payload["peers"] = args.peers
         payload["quick"] = args.quick
+        payload["device"] = args.device
         stem = f"registration_s{number}_{name}" + ("_quick" if args.quick else "")
         body += f"\nSuite wall time: {payload['suite_seconds'] / 60:.1f} min.\n"
         md_path, _ = write_results(

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench.common import SHARED_DATA, markdown_table
-from bench.registration import methods
 from bench.registration.harness import (
-    METHOD_TITLES,
+    COST_DIGITS,
+    COST_HEADERS,
+    WARPED_LABELS,
     Context,
+    commands_section,
+    cost_cells,
+    evaluating,
+    failures_section,
+    initial_base,
     log,
-    method_variants,
-    read_field,
     read_labels,
     resample_to_spacing,
+    row_base,
+    runs_for,
+    summarize,
+    variant_cells,
     write_nifti,
 )
 from RegSegLib.evaluation import dice_per_label, hd95_per_label, jacobian_statistics, mean_ignoring_nan
-from RegSegLib.io.volumes import read_volume
+from RegSegLib.io import read_volume
 from RegSegLib.transforms import resample
 
 DATA = SHARED_DATA / "brain-mr"
+TUNED_1MM = {"deformable": [("--spacing", "2")]}
+"""RegSeg's tuned run at 1 mm: the deformable stage at 2 mm (the affine stage is unchanged)."""
 
 
 def labels() -> list[int]:
@@ -41,9 +53,9 @@ def prepare(ctx: Context, spacing: float | None) -> dict[str, str]:
     return files
 
 
-def evaluate(fixed_seg, warped_seg, structures, spacing, with_hd95: bool) -> dict:
+def evaluate(fixed_seg, warped_seg, structures, spacing, with_hd95: bool) -> dict[str, Any]:
     dice = dice_per_label(fixed_seg, warped_seg, structures)
-    answer = {"dice_mean": mean_ignoring_nan(dice), "dice": dice}
+    answer: dict[str, Any] = {"dice_mean": mean_ignoring_nan(dice), "dice": dice}
     if with_hd95:
         hd95 = hd95_per_label(fixed_seg, warped_seg, spacing, structures)
         answer["hd95_mean"] = mean_ignoring_nan(hd95)
@@ -54,6 +66,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     structures = labels()
     resolutions = [2.0] if ctx.quick else [2.0, None]
     rows = []
+    commands = []
     for spacing in resolutions:
         name = "2 mm" if spacing else "1 mm (native)"
         log(f"suite 1 brain-mr {name}")
@@ -62,52 +75,49 @@ def run(ctx: Context) -> tuple[str, dict]:
         fixed_seg = read_labels(files["fixed_seg"])
         with_hd95 = spacing is not None
         initial_seg = resample(read_volume(files["moving_seg"]), fixed, None, mode="nearest").data[0]
-        rows.append({"resolution": name, "method": "initial", "run": "identity",
-                     **evaluate(fixed_seg, initial_seg, structures, fixed.spacing, with_hd95)})
-        for method, transform in method_variants(ctx, ["affine", "deformable"]):
-            log(f"  {method} {transform}")
-            out = ctx.job_dir("brain", f"{spacing or 1:g}mm", method, transform)
-            result = ctx.run_job(
-                method, out, fixed=files["fixed"], moving=files["moving"], transform=transform,
-                warp=[(files["moving_seg"], "nearest")], export_field=transform == "deformable",
-            )
-            row = {"resolution": name, "method": method, "run": methods.peer_label(method, transform), **result}
-            if "error" not in result:
-                warped = read_labels(out / methods.warped_name(files["moving_seg"]))
-                row.update(evaluate(fixed_seg, warped, structures, fixed.spacing, with_hd95))
-                if transform == "deformable":
-                    row["jacobian"] = jacobian_statistics(read_field(out / methods.OUTPUT_FIELD))
+        initial = evaluate(fixed_seg, initial_seg, structures, fixed.spacing, with_hd95)
+        rows.append({"resolution": name, **initial_base(), **initial})
+        chosen = runs_for(ctx.peers, ["affine", "deformable"], tuned=None if spacing else TUNED_1MM)
+        commands.extend(variant for variant in chosen if variant not in commands)
+        for variant in chosen:
+            job = ctx.register(variant, ["brain", f"{spacing or 1:g}mm"], files["fixed"], files["moving"],
+                               labels=(files["fixed_seg"], files["moving_seg"]))
+            row = {"resolution": name, **row_base(variant), **job.measured}
+            if not job.failed:
+                with evaluating(row):
+                    warped = read_labels(job.out / WARPED_LABELS)
+                    row.update(evaluate(fixed_seg, warped, structures, fixed.spacing, with_hd95))
+                    if variant.kind == "deformable":
+                        row["jacobian"] = jacobian_statistics(ctx.export(job, with_field=True).displacement)
             rows.append(row)
-            ctx.finish_job(out)
+            ctx.finish(job)
+    for row in rows:
+        if "jacobian" in row:
+            row["folding_percent"] = 100 * row["jacobian"]["folding_fraction"]
+            row["log_jacobian_std"] = row["jacobian"]["log_std"]
+    summary = summarize(rows, ["dice_mean", "hd95_mean", "folding_percent", "log_jacobian_std"], by=["resolution"])
     table = markdown_table(
-        ["resolution", "method", "run", "mean Dice (30)", "mean HD95 mm", "folding %", "SD log J", "time s", "peak RSS MB"],
-        [
-            [
-                r["resolution"], METHOD_TITLES.get(r["method"], r["method"]), r["run"], r.get("dice_mean"),
-                r.get("hd95_mean"),
-                100 * r["jacobian"]["folding_fraction"] if "jacobian" in r else None,
-                r["jacobian"]["log_std"] if "jacobian" in r else None,
-                r.get("time_s") if r["method"] != "initial" else None,
-                r.get("peak_rss_mb"),
-            ]
-            for r in rows
-        ],
-        digits=[0, 0, 0, 3, 2, 3, 3, 1, 0],
+        ["resolution", "method", "transform", "run", "pairs", "failed", "mean Dice (30)", "mean HD95 mm", "folding %",
+         "SD log J", *COST_HEADERS],
+        [[s["resolution"], *variant_cells(s), s["cases"], s["failed"], s["dice_mean"], s["hd95_mean"],
+          s["folding_percent"], s["log_jacobian_std"], *cost_cells(s)] for s in summary],
+        digits=[0, 0, 0, 0, 0, 0, 3, 2, 3, 3, *COST_DIGITS],
     )
-    failures = [f"- {r['method']} {r['run']} ({r['resolution']}) failed: {r['error']}" for r in rows if "error" in r]
     body = "\n".join([
         "## Suite 1: brain-mr (subject B -> subject A)",
         "",
         "Inputs written once as NIfTI (2 mm: images linear, label maps nearest, RegSeg `resampled_grid`); every "
-        "method reads the same files. Dice over the 30 structures of `labels.txt` on the fixed grid; labels "
-        "warped with nearest neighbour by each method's own tool. Folding = share of voxels with Jacobian "
-        "determinant <= 0 of the whole fixed-to-moving mapping, computed the same way for all methods from the "
-        "exported displacement field. Time: reading the inputs, registering, writing the warped image and "
-        "label map. Peak RSS: the job's own peak (the worker's resident memory including the imported library). "
-        "HD95 at 2 mm only.",
+        "method reads the same files and writes the warped label map itself (nearest neighbour; RegSeg through "
+        "`--fixed-labels`/`--moving-labels`, the peers with their own tools). Dice over the 30 structures of "
+        "`labels.txt` on the fixed grid, HD95 at 2 mm only. Folding = share of voxels with Jacobian determinant "
+        "<= 0 of the whole fixed-to-moving mapping, computed by the same code for every method from a displacement "
+        "field on the fixed grid (RegSeg: `transform.h5` sampled; ANTs: its composed warp; elastix: transformix's "
+        "deformation field), exported after the timed job.",
         "",
         table,
-        *([""] + failures if failures else []),
+        "",
+        commands_section(ctx, commands, labels=True),
+        *failures_section(rows, "resolution"),
         "",
     ])
-    return body, {"rows": rows, "labels": structures}
+    return body, {"rows": rows, "summary": summary, "labels": structures}

@@ -13,17 +13,25 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import SHARED_DATA, markdown_table
-from bench.registration import methods
 from bench.registration.harness import (
-    METHOD_TITLES,
+    COST_DIGITS,
+    COST_HEADERS,
     Context,
+    Run,
+    commands_section,
+    cost_cells,
+    evaluating,
+    failures_section,
+    initial_base,
     log,
     point_errors,
     resample_to_spacing,
+    row_base,
     summarize,
+    variant_cells,
     write_nifti,
 )
-from RegSegLib.io.volumes import read_volume
+from RegSegLib.io import read_volume
 from RegSegLib.testing.known_transforms import foreground_points, synthetic_affine_pair
 from RegSegLib.transforms import DisplacementField, integrate_velocity, resample
 from RegSegLib.volume import Volume
@@ -84,9 +92,17 @@ def pairs(ctx: Context) -> list[dict]:
     return chosen
 
 
+def runs(ctx: Context, pair: dict) -> list[Run]:
+    """Every method with its defaults: the pair's affine family, or affine + deformable for a smooth deformation."""
+    if pair["kind"] == "affine":
+        return [Run(method, "affine", pair["family"]) for method in ctx.peers]
+    return [Run(method, "deformable") for method in ctx.peers]
+
+
 def run(ctx: Context) -> tuple[str, dict]:
     rows = []
     chosen = pairs(ctx)
+    commands: list[Run] = []
     for number, pair in enumerate(chosen):
         key = f"{pair['volume'].replace(' ', '_')}_{pair['family']}_{pair['trial']}"
         log(f"suite 4 known transforms {key} ({number + 1}/{len(chosen)})")
@@ -94,41 +110,30 @@ def run(ctx: Context) -> tuple[str, dict]:
         fixed_path = write_nifti(pair["fixed"], folder / "fixed.nii.gz")
         moving_path = write_nifti(pair["moving"], folder / "moving.nii.gz")
         points = foreground_points(pair["fixed"], max_points=MAX_POINTS)
-        points_path = folder / "fixed_points.npy"
-        np.save(points_path, points)
-        truth = pair["truth"]
-        target = truth.transform_points(torch.from_numpy(points)).double().numpy()
+        target = pair["truth"].transform_points(torch.from_numpy(points)).double().numpy()
         base = {"volume": pair["volume"], "kind": pair["kind"], "family": pair["family"], "trial": pair["trial"],
                 "points": len(points)}
         if pair["kind"] == "affine":
-            base["true_matrix"] = truth.matrix.tolist()
-        rows.append({**base, "method": "initial", "run": "identity", **transform_error(points, target)})
-        for method in ctx.peers:
-            out = ctx.job_dir("known", key, method)
-            result = ctx.run_job(
-                method, out, fixed=fixed_path, moving=moving_path, transform=pair["kind"],
-                family=pair["family"] if pair["kind"] == "affine" else "affine", points=str(points_path),
-            )
-            family = pair["family"] if pair["kind"] == "affine" else "affine"
-            row = {**base, "method": method, "run": methods.peer_label(method, pair["kind"], family), **result}
-            if "error" not in result:
-                row.update(transform_error(np.load(out / methods.OUTPUT_POINTS), target))
+            base["true_matrix"] = pair["truth"].matrix.tolist()
+        rows.append({**base, **initial_base(), **transform_error(points, target)})
+        for variant in runs(ctx, pair):
+            if variant not in commands:
+                commands.append(variant)
+            job = ctx.register(variant, ["known", key], fixed_path, moving_path)
+            row = {**base, **row_base(variant), **job.measured}
+            if not job.failed:
+                with evaluating(row):
+                    row.update(transform_error(ctx.export(job, points=points).points, target))
             rows.append(row)
-            ctx.finish_job(out)
-    groups: dict[tuple, list] = {}
-    for row in rows:
-        groups.setdefault((row["volume"], row["family"], row["method"], row["run"]), []).append(row)
-    summary = []
-    for (volume, family, method, run_name), group in groups.items():
-        stats = summarize(group, ["mean_mm", "p95_mm", "max_mm", "time_s"])
-        summary.append({"volume": volume, "family": family, "method": method, "run": run_name, **stats})
+            ctx.finish(job)
+    summary = summarize(rows, ["mean_mm", "p95_mm", "max_mm"], by=["volume", "family"])
     table = markdown_table(
-        ["volume", "mapping", "method", "run", "pairs", "failed", "mean error mm", "p95 mm", "max mm", "mean time s"],
-        [[s["volume"], s["family"], METHOD_TITLES.get(s["method"], s["method"]), s["run"], s["cases"], s["failed"],
-          s["mean_mm"], s["p95_mm"], s["max_mm"], s["time_s"] if s["method"] != "initial" else None] for s in summary],
-        digits=[0, 0, 0, 0, 0, 0, 2, 2, 2, 1],
+        ["volume", "mapping", "method", "transform", "run", "pairs", "failed", "mean error mm", "p95 mm", "max mm",
+         *COST_HEADERS],
+        [[s["volume"], s["family"], *variant_cells(s), s["cases"], s["failed"], s["mean_mm"], s["p95_mm"], s["max_mm"],
+          *cost_cells(s)] for s in summary],
+        digits=[0, 0, 0, 0, 0, 0, 0, 2, 2, 2, *COST_DIGITS],
     )
-    failures = sorted({f"- {r['method']} {r['volume']} {r['family']}: {r['error']}" for r in rows if "error" in r})
     body = "\n".join([
         "## Suite 4: known-transform recovery",
         "",
@@ -136,14 +141,17 @@ def run(ctx: Context) -> tuple[str, dict]:
         "deviations up to 10 %, shears up to 0.05 for `affine`; RegSegLib `testing.known_transforms.random_affine`, about "
         "the image centre) and random smooth diffeomorphic deformations (stationary velocity with components of "
         f"{SMOOTH_STD_MM:g} mm std on a {SMOOTH_CONTROL_MM:g} mm control grid, scaling and squaring). Error over up "
-        f"to {MAX_POINTS} foreground voxels of the fixed image (values above 10 % of the 1-99 % intensity range). "
-        "Each method registers with its own family: ANTsPy Rigid / Similarity / Affine, elastix default rigid / "
-        "affine maps (no similarity or anisotropic map, so those use affine); smooth deformations use the "
-        "deformable runs (RegSeg affine + deformable, ANTsPy SyN, elastix affine + B-spline). Seeds are fixed, "
+        f"to {MAX_POINTS} foreground voxels of the fixed image (values above 10 % of the 1-99 % intensity range), "
+        "mapped after the timed job with each method's own tool (RegSeg: `transform.h5` read back by RegSegLib). "
+        "Each method registers with its own family: RegSeg `--transform`, ANTsPy Rigid / Similarity / Affine, elastix "
+        "default rigid / affine maps (no similarity or anisotropic map, so those use affine); smooth deformations use "
+        "the deformable runs (RegSeg affine + deformable, ANTsPy SyN, elastix affine + B-spline). Seeds are fixed, "
         "so every method sees the same pairs.",
         "",
         table,
-        *([""] + failures if failures else []),
+        "",
+        commands_section(ctx, commands),
+        *failures_section(rows, "volume", "family"),
         "",
     ])
     return body, {"rows": rows, "summary": summary, "ranges": RANGES}

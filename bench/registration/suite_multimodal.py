@@ -13,10 +13,25 @@ import numpy as np
 import torch
 
 from bench.common import SHARED_DATA, markdown_table
-from bench.registration import methods
-from bench.registration.harness import METHOD_TITLES, Context, log, point_errors, summarize, write_nifti
+from bench.registration.harness import (
+    COST_DIGITS,
+    COST_HEADERS,
+    Context,
+    commands_section,
+    cost_cells,
+    evaluating,
+    failures_section,
+    initial_base,
+    log,
+    point_errors,
+    row_base,
+    runs_for,
+    summarize,
+    variant_cells,
+    write_nifti,
+)
 from RegSegLib import geometry
-from RegSegLib.io.volumes import read_volume
+from RegSegLib.io import read_volume
 from RegSegLib.testing.known_transforms import foreground_points, random_affine
 from RegSegLib.volume import Volume
 
@@ -30,7 +45,8 @@ PAIRS = (
      PROSTATEX / "ProstateX-0001" / "07-08-2011" / "8.000000-ep2ddifftraDYNDISTMIXADC-33954"),
 )
 RANGES = {"max_rot_deg": 15.0, "max_shift_mm": 15.0}
-REGSEG_METRICS = ("mi", "mind")
+TUNED = {"affine": [("--metric", "mi"), ("--metric", "mind")]}
+"""RegSeg's tuned runs: each multi-modal similarity (mutual information, MIND-SSC)."""
 MAX_POINTS = 20_000
 
 
@@ -41,17 +57,10 @@ def inside(points: np.ndarray, volume: Volume) -> np.ndarray:
     return np.all((ijk >= 0) & (ijk <= size), axis=1)
 
 
-def runs(ctx: Context) -> list[tuple[str, str | None]]:
-    """``(method, metric)``: RegSeg once per multi-modal metric, the peers with their defaults."""
-    chosen = []
-    for method in ctx.peers:
-        chosen.extend([(method, metric) for metric in REGSEG_METRICS] if method == "regseg" else [(method, None)])
-    return chosen
-
-
 def run(ctx: Context) -> tuple[str, dict]:
     trials = 1 if ctx.quick else 3
     pairs = PAIRS[:1] if ctx.quick else PAIRS
+    chosen = runs_for(ctx.peers, ["affine"], family="rigid", tuned=TUNED)
     rows = []
     for pair_index, (name, fixed_source, moving_source) in enumerate(pairs):
         folder = ctx.work / "inputs" / "multimodal" / f"pair{pair_index}"
@@ -61,8 +70,6 @@ def run(ctx: Context) -> tuple[str, dict]:
         candidates = foreground_points(fixed, max_points=None)
         candidates = candidates[inside(candidates, moving)]
         points = candidates[:: max(1, int(np.ceil(len(candidates) / MAX_POINTS)))]
-        points_path = folder / "fixed_points.npy"
-        np.save(points_path, points)
         centre = geometry.grid_centre_ras(moving.ijk_to_ras, moving.shape)
         for trial in range(trials):
             log(f"suite 5 multimodal {name} trial {trial + 1}/{trials}")
@@ -70,46 +77,42 @@ def run(ctx: Context) -> tuple[str, dict]:
             moving_path = write_nifti(Volume(moving.data, truth @ moving.ijk_to_ras), folder / f"moving_{trial}.nii.gz")
             target = geometry.transform_points(truth, points)
             base = {"pair": name, "trial": trial, "points": len(points), "true_matrix": truth.tolist()}
-            stats = point_errors(points, target)
-            rows.append({**base, "method": "initial", "run": "identity", "mean_mm": stats["mean"],
-                         "p95_mm": stats["p95"], "max_mm": stats["max"]})
-            for method, metric in runs(ctx):
-                out = ctx.job_dir("multimodal", f"pair{pair_index}_{trial}", f"{method}_{metric}")
-                result = ctx.run_job(method, out, fixed=fixed_path, moving=moving_path, transform="affine",
-                                     family="rigid", metric=metric, points=str(points_path))
-                label = methods.peer_label(method, "affine", "rigid") + (f", {metric.upper()}" if metric else "")
-                row = {**base, "method": method, "run": label, **result}
-                if "error" not in result:
-                    stats = point_errors(np.load(out / methods.OUTPUT_POINTS), target)
-                    row.update({"mean_mm": stats["mean"], "p95_mm": stats["p95"], "max_mm": stats["max"]})
+            rows.append({**base, **initial_base(), **errors(points, target)})
+            for variant in chosen:
+                job = ctx.register(variant, ["multimodal", f"pair{pair_index}_{trial}"], fixed_path, moving_path)
+                row = {**base, **row_base(variant), **job.measured}
+                if not job.failed:
+                    with evaluating(row):
+                        row.update(errors(ctx.export(job, points=points).points, target))
                 rows.append(row)
-                ctx.finish_job(out)
-    groups: dict[tuple, list] = {}
-    for row in rows:
-        groups.setdefault((row["pair"], row["method"], row["run"]), []).append(row)
-    summary = [
-        {"pair": pair, "method": method, "run": run_name, **summarize(group, ["mean_mm", "p95_mm", "max_mm", "time_s"])}
-        for (pair, method, run_name), group in groups.items()
-    ]
+                ctx.finish(job)
+    summary = summarize(rows, ["mean_mm", "p95_mm", "max_mm"], by=["pair"])
     table = markdown_table(
-        ["pair", "method", "run", "trials", "failed", "mean error mm", "p95 mm", "max mm", "mean time s"],
-        [[s["pair"], METHOD_TITLES.get(s["method"], s["method"]), s["run"], s["cases"], s["failed"], s["mean_mm"],
-          s["p95_mm"], s["max_mm"], s["time_s"] if s["method"] != "initial" else None] for s in summary],
-        digits=[0, 0, 0, 0, 0, 2, 2, 2, 1],
+        ["pair", "method", "transform", "run", "trials", "failed", "mean error mm", "p95 mm", "max mm", *COST_HEADERS],
+        [[s["pair"], *variant_cells(s), s["cases"], s["failed"], s["mean_mm"], s["p95_mm"], s["max_mm"], *cost_cells(s)]
+         for s in summary],
+        digits=[0, 0, 0, 0, 0, 0, 2, 2, 2, *COST_DIGITS],
     )
-    failures = sorted({f"- {r['method']} {r['pair']}: {r['error']}" for r in rows if "error" in r})
     body = "\n".join([
         "## Suite 5: multi-modal prostate MR (T2 fixed <- DWI / ADC moving)",
         "",
         "Known rigid perturbations (rotations up to 15 degrees, translations up to 15 mm, about the DWI/ADC "
-        "centre) applied to the DWI/ADC geometry; every method registers rigidly (RegSeg with mutual information "
-        "and with MIND-SSC; ANTsPy `Rigid` and the elastix default `rigid` map, both Mattes mutual information). "
-        f"Error = |T_est(x) - T_true(x)| over up to {MAX_POINTS} T2 foreground voxels inside the DWI/ADC field of "
-        "view. T2 and DWI/ADC are assumed aligned before the perturbation, so their true residual misalignment is "
-        "part of every method's error. MR -> US, the other multi-modal pair, is suite 2.",
+        "centre) applied to the DWI/ADC geometry; every method registers rigidly: RegSeg with its defaults and, "
+        "tuned, with mutual information and with MIND-SSC; ANTsPy `Rigid` and the elastix default `rigid` map, both "
+        f"Mattes mutual information. Error = |T_est(x) - T_true(x)| over up to {MAX_POINTS} T2 foreground voxels "
+        "inside the DWI/ADC field of view, mapped after the timed job with each method's own tool. T2 and DWI/ADC "
+        "are assumed aligned before the perturbation, so their true residual misalignment is part of every "
+        "method's error. MR -> US, the other multi-modal pair, is suite 2.",
         "",
         table,
-        *([""] + failures if failures else []),
+        "",
+        commands_section(ctx, chosen),
+        *failures_section(rows, "pair"),
         "",
     ])
     return body, {"rows": rows, "summary": summary, "ranges": RANGES}
+
+
+def errors(mapped: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    stats = point_errors(mapped, target)
+    return {"mean_mm": stats["mean"], "p95_mm": stats["p95"], "max_mm": stats["max"]}

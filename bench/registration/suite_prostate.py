@@ -8,26 +8,33 @@ import numpy as np
 import torch
 
 from bench.common import SHARED_DATA, markdown_table
-from bench.registration import methods
 from bench.registration.harness import (
-    METHOD_TITLES,
+    COST_DIGITS,
+    COST_HEADERS,
     Context,
     centroid_ras,
+    commands_section,
+    cost_cells,
+    evaluating,
+    failures_section,
+    initial_base,
     log,
-    method_variants,
     read_mask,
+    row_base,
+    runs_for,
     summarize,
+    variant_cells,
     write_nifti,
 )
 from RegSegLib.evaluation import dice_per_label
-from RegSegLib.io.volumes import read_volume
+from RegSegLib.io import read_volume
 from RegSegLib.transforms import resample
 from RegSegLib.volume import Volume
 
 DATA = SHARED_DATA / "prostate-mr-us"
 CHANNELS = ("gland", "landmark1", "landmark2")
-REGSEG_METRIC = "mind"
-"""Multi-modal similarity RegSeg uses here (both stages)."""
+TUNED = {"affine": [("--metric", "mind")], "deformable": [("--metric", "mind")]}
+"""RegSeg's tuned runs: the multi-modal similarity MIND-SSC for both stages."""
 
 
 def case_names(ctx: Context) -> list[str]:
@@ -77,61 +84,50 @@ def evaluate(fixed_masks: dict, warped_masks: dict, ijk_to_ras: np.ndarray) -> d
 def run(ctx: Context) -> tuple[str, dict]:
     rows = []
     cases = case_names(ctx)
+    chosen = runs_for(ctx.peers, ["affine", "deformable"], tuned=TUNED)
     for number, case in enumerate(cases):
         log(f"suite 2 prostate-mr-us {case} ({number + 1}/{len(cases)})")
         files, channels = prepare(ctx, case)
         fixed = read_volume(files["fixed"])
         fixed_masks = {c: read_mask(files[f"fixed_{c}"]) for c in channels}
         initial = {
-            c: resample(read_volume(files[f"moving_{c}"]).to(dtype=torch.float32), fixed).data[0] > 0.5
+            c: resample(read_volume(files[f"moving_{c}"]).to(dtype=torch.float32), fixed, mode="linear").data[0] > 0.5
             for c in channels
         }
-        rows.append({"case": case, "method": "initial", "run": "identity", **evaluate(fixed_masks, initial, fixed.ijk_to_ras)})
-        for method, transform in method_variants(ctx, ["affine", "deformable"]):
-            out = ctx.job_dir("prostate", case, method, transform)
-            result = ctx.run_job(
-                method, out, fixed=files["fixed"], moving=files["moving"], transform=transform,
-                metric=REGSEG_METRIC if method == "regseg" else None,
-                warp=[(files[f"moving_{c}"], "linear") for c in channels],
-            )
-            row = {"case": case, "method": method, "run": methods.peer_label(method, transform), **result}
-            if "error" not in result:
-                warped = {c: read_mask(out / methods.warped_name(files[f"moving_{c}"])) for c in channels}
-                row.update(evaluate(fixed_masks, warped, fixed.ijk_to_ras))
+        rows.append({"case": case, **initial_base(), **evaluate(fixed_masks, initial, fixed.ijk_to_ras)})
+        for variant in chosen:
+            job = ctx.register(variant, ["prostate", case], files["fixed"], files["moving"])
+            row = {"case": case, **row_base(variant), **job.measured}
+            if not job.failed:
+                with evaluating(row):
+                    warped = ctx.export(job, masks=[files[f"moving_{c}"] for c in channels]).masks
+                    row.update(evaluate(fixed_masks, {c: m > 0.5 for c, m in zip(channels, warped)}, fixed.ijk_to_ras))
             rows.append(row)
-            ctx.finish_job(out)
-    groups: dict[tuple[str, str], list] = {}
-    for row in rows:
-        groups.setdefault((row["method"], row["run"]), []).append(row)
-    summary = []
-    for (method, run_name), group in groups.items():
-        stats = summarize(group, ["gland_dice", "landmark_error_mean", "time_s", "peak_rss_mb"])
-        stats["landmarks_lost"] = int(sum(r.get("landmarks_lost", 0) for r in group if "error" not in r))
-        summary.append({"method": method, "run": run_name, **stats})
+            ctx.finish(job)
+    summary = summarize(rows, ["gland_dice", "landmark_error_mean"], totals=["landmarks_lost"])
     table = markdown_table(
-        ["method", "run", "pairs", "failed", "mean gland Dice", "mean landmark-centroid error mm", "blobs lost",
-         "mean time s", "mean peak RSS MB"],
-        [
-            [METHOD_TITLES.get(s["method"], s["method"]), s["run"], s["cases"], s["failed"], s["gland_dice"],
-             s["landmark_error_mean"], s["landmarks_lost"], s["time_s"] if s["method"] != "initial" else None,
-             s["peak_rss_mb"]]
-            for s in summary
-        ],
-        digits=[0, 0, 0, 0, 3, 2, 0, 2, 0],
+        ["method", "transform", "run", "pairs", "failed", "mean gland Dice", "mean landmark-centroid error mm",
+         "blobs lost", *COST_HEADERS],
+        [[*variant_cells(s), s["cases"], s["failed"], s["gland_dice"], s["landmark_error_mean"], s["landmarks_lost"],
+          *cost_cells(s)] for s in summary],
+        digits=[0, 0, 0, 0, 0, 3, 2, 0, *COST_DIGITS],
     )
-    failures = sorted({f"- {r['method']} {r['run']}: {r['error']}" for r in rows if "error" in r})
     body = "\n".join([
         "## Suite 2: prostate-mr-us (MR moving -> US fixed)",
         "",
-        f"{len(cases)} pairs ({', '.join(cases) if len(cases) <= 4 else cases[0] + ' ... ' + cases[-1]}). Gland = "
-        "channel 0 of the label files, landmark blobs = channels 1-2 where the case has them, each warped as a float mask with linear "
-        "interpolation by the method's own tool and thresholded at 0.5. Landmark error = distance between the "
-        "centroids of the fixed blob and of the warped moving blob (a blob that vanishes counts as lost and is left "
-        f"out of the mean). RegSeg uses metric `{REGSEG_METRIC}` for both stages; ANTsPy and elastix use their "
-        "defaults (Mattes mutual information).",
+        f"{len(cases)} pairs ({', '.join(cases) if len(cases) <= 4 else cases[0] + ' ... ' + cases[-1]}). Every job "
+        "registers the MR to the US and writes its result folder; the masks are warped afterwards (not timed), each "
+        "method with its own tool from the transforms it wrote (RegSeg: `transform.h5` read back and applied by "
+        "RegSegLib; ANTs `apply_transforms`; transformix), as floats with linear interpolation, thresholded at 0.5. "
+        "Gland = channel 0 of the label files, landmark blobs = channels 1-2 where the case has them. Landmark error "
+        "= distance between the centroids of the fixed blob and of the warped moving blob (a blob that vanishes "
+        "counts as lost and is left out of the mean). ANTsPy and elastix use their defaults (Mattes mutual "
+        "information).",
         "",
         table,
-        *([""] + failures if failures else []),
+        "",
+        commands_section(ctx, chosen),
+        *failures_section(rows, "case"),
         "",
     ])
     return body, {"rows": rows, "summary": summary}
