@@ -130,8 +130,8 @@ def register(
         check_deformable_memory(fixed, settings.deformable, torch_device)
     reason = "given"
     if settings.metric == AUTO_METRIC:
-        metric, reason = choose_metric(fixed, moving)
-        settings = settings.with_metric(metric)
+        choice = choose_metric(fixed, moving)
+        settings, reason = settings.with_stage_metrics(choice.affine, choice.deformable), choice.reason
     affine_start, pre_parts = split_initial(initial)
     if pre_parts:
         pre = CompositeTransform(pre_parts)

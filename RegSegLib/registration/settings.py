@@ -239,9 +239,9 @@ class RegistrationSettings:
     Attributes:
         method: ``affine`` or ``deformable``.
         metric: ``auto`` (each stage's measure is chosen from the images when the registration starts,
-            :func:`~RegSegLib.registration.modality.choose_metric`) or the metric the user chose for
-            both stages (the deformable stage uses ``mind`` for ``mi``); it names the before/after
-            similarity of the report.
+            :func:`~RegSegLib.registration.modality.choose_metric`) or the metric of the last stage, which
+            names the before/after similarity of the report (with a metric the user chose, both stages
+            use it; the deformable stage uses ``mind`` for ``mi``).
         preset: the deformable preset the settings started from.
         affine: the affine stage.
         deformable: the deformable stage (``None`` for ``affine``).
@@ -354,10 +354,20 @@ class RegistrationSettings:
             SettingsError: ``metric`` is not one of :data:`METRICS`.
         """
         check_choice(metric, METRICS, "similarity metric")
-        deformable = self.deformable
-        if deformable is not None:
-            deformable = deformable.overridden(similarity=DEFORMABLE_SIMILARITY_FOR.get(metric, metric))
-        return replace(self, metric=metric, affine=self.affine.overridden(metric=metric), deformable=deformable)
+        return self.with_stage_metrics(metric, DEFORMABLE_SIMILARITY_FOR.get(metric, metric))
+
+    def with_stage_metrics(self, affine: str, deformable: str) -> "RegistrationSettings":
+        """These settings with each stage's measure given; :attr:`metric` (the report's) becomes the last
+        stage's.
+
+        Raises:
+            SettingsError: an unknown measure for a stage.
+        """
+        stage = self.deformable
+        if stage is not None:
+            stage = stage.overridden(similarity=deformable)
+        last = affine if stage is None else deformable
+        return replace(self, metric=last, affine=self.affine.overridden(metric=affine), deformable=stage)
 
     @property
     def report_metric(self) -> str:
