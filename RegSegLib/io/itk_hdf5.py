@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import platform
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -38,6 +39,8 @@ COMPRESSION_LEVEL = 1
 """zlib level of the compressed parameter arrays (with ``Z_RLE`` the level hardly changes the size)."""
 CHUNK_VALUES = 1 << 18
 """Values per HDF5 chunk of a compressed parameter array (1 MiB of float32)."""
+COMPRESSION_THREADS = min(4, os.cpu_count() or 1)
+"""Chunks compressed at once (zlib releases the GIL)."""
 COMPRESS_ABOVE = 4096
 """Parameter arrays with more values than this are chunked and compressed (fields, not affines)."""
 
@@ -100,7 +103,7 @@ def _write_string(group, name: str, text: str) -> None:
 
 
 def _write_parameters(group, name: str, values: np.ndarray) -> None:
-    """A 1D parameter dataset; large ones chunked, byte-shuffled and deflated (:func:`_compressed_chunks`)."""
+    """A 1D parameter dataset; large ones chunked, byte-shuffled and deflated (:func:`_compressed_chunk`)."""
     values = np.ascontiguousarray(values)
     if values.ndim != 1:
         raise ValueError(f"transform parameters must be 1D, got shape {values.shape}")
@@ -112,29 +115,29 @@ def _write_parameters(group, name: str, values: np.ndarray) -> None:
         name, shape=values.shape, dtype=values.dtype, chunks=(chunk,), shuffle=True, compression="gzip",
         compression_opts=COMPRESSION_LEVEL,
     )  # fmt: skip
-    for offset, payload in _compressed_chunks(values, chunk):
-        dataset.id.write_direct_chunk((offset,), payload)
+    offsets = range(0, values.size, chunk)
+    with ThreadPoolExecutor(max_workers=COMPRESSION_THREADS) as pool:
+        payloads = pool.map(lambda offset: _compressed_chunk(values[offset : offset + chunk], chunk), offsets)
+        for offset, payload in zip(offsets, payloads):
+            dataset.id.write_direct_chunk((offset,), payload)
 
 
-def _compressed_chunks(values: np.ndarray, chunk: int):
-    """The stored bytes of each chunk of a 1D array: HDF5's shuffle filter, then deflate.
+def _compressed_chunk(block: np.ndarray, chunk: int) -> bytes:
+    """The stored bytes of one chunk of a 1D array: HDF5's shuffle filter, then deflate.
 
     The shuffle filter stores the first byte of every value, then every second byte, and so on, which
-    puts the sign and exponent bytes of floats side by side where they compress well. A last partial
+    puts the sign and exponent bytes of floats side by side where they compress well. A partial (last)
     chunk is zero-padded to the full chunk, as HDF5 stores edge chunks.
 
     Args:
-        values: ``[N]`` contiguous array.
+        block: ``[n]`` values of the chunk, ``n <= chunk``.
         chunk: values per chunk.
 
-    Yields:
-        ``(offset of the chunk's first value, zlib stream of the shuffled chunk)``.
+    Returns:
+        The zlib stream of the shuffled, padded chunk.
     """
-    width = values.dtype.itemsize
-    for offset in range(0, values.size, chunk):
-        block = values[offset : offset + chunk]
-        if block.size < chunk:
-            block = np.concatenate([block, np.zeros(chunk - block.size, dtype=values.dtype)])
-        shuffled = block.view(np.uint8).reshape(-1, width).T.tobytes()
-        compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_RLE)
-        yield offset, compressor.compress(shuffled) + compressor.flush()
+    if block.size < chunk:
+        block = np.concatenate([block, np.zeros(chunk - block.size, dtype=block.dtype)])
+    shuffled = block.view(np.uint8).reshape(-1, block.dtype.itemsize).T.tobytes()
+    compressor = zlib.compressobj(COMPRESSION_LEVEL, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_RLE)
+    return compressor.compress(shuffled) + compressor.flush()
