@@ -4,6 +4,9 @@ Adam is written out (rather than ``torch.optim.Adam``) because the deformable en
 gradients per grid cell: :class:`Adam` can scale the gradient by the number of cells and use an
 ``eps`` well above the residual gradient of an aligned pair, which the textbook ``eps=1e-8`` would
 turn into full ``lr`` steps. With ``grad_scale=1`` and ``eps=1e-8`` it is ``torch.optim.Adam``.
+
+L-BFGS is written out as well: building any ``torch.optim`` optimiser imports ``torch._dynamo``, which
+costs the command about 2 s of start-up.
 """
 
 from __future__ import annotations
