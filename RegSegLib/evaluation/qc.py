@@ -262,13 +262,19 @@ def qc_picture(fixed: Volume, moving_resampled_before: Volume, warped: Volume) -
     extents = [_plane_extent(fixed, right, up) for _, right, up, _ in VIEWS]
     longest = max(max(h_high - h_low, v_high - v_low) for h_low, h_high, v_low, v_high in extents)
     pixel = max(longest / (PANEL_PIXELS - 1), 1e-6)
+    planes = [plane_points(fixed, right, up, pixel)[0] for _, right, up, _ in VIEWS]
+    # one sampling per image for the three planes together
+    points = np.concatenate([plane.reshape(-1, 3) for plane in planes])
+    ends = np.cumsum([plane.shape[0] * plane.shape[1] for plane in planes])[:-1]
+    fixed_values = np.split(_normalise(_sample(fixed, points), fixed_window), ends)
+    moving_values = [
+        np.split(_normalise(_sample(moving, points), moving_window), ends) for moving in (moving_resampled_before, warped)
+    ]
     panels = []
-    for name, right, up, labels in VIEWS:
-        points, _ = plane_points(fixed, right, up, pixel)
-        fixed_plane = _normalise(_sample(fixed, points), fixed_window)
-        for stage, moving in (("before", moving_resampled_before), ("after", warped)):
-            moving_plane = _normalise(_sample(moving, points), moving_window)
-            rgb = np.stack([fixed_plane, moving_plane, fixed_plane], axis=-1)
+    for view, (name, _, _, labels) in enumerate(VIEWS):
+        shape = planes[view].shape[:2]
+        for stage, values in zip(("before", "after"), moving_values):
+            rgb = np.stack([fixed_values[view], values[view], fixed_values[view]], axis=-1).reshape(*shape, 3)
             panels.append((f"{name}, {stage}", labels, np.round(rgb * 255.0).astype(np.uint8)))
     cell_height = max(image.shape[0] for _, _, image in panels)
     cell_width = max(image.shape[1] for _, _, image in panels)
