@@ -88,10 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--levels", type=arguments.number_list(float, "pyramid factors"), metavar=levels,
         help=f"affine pyramid factors, coarse to fine (level f works at f times the base spacing; default {levels})",
     )
-    iterations = ",".join(str(v) for v in affine.iterations)
+    iterations = ",".join(str(v) for v in affine.resolved_iterations)
     advanced.add_argument(
         "--iterations", type=arguments.number_list(int, "iteration counts"), metavar=iterations,
-        help=f"affine iterations per pyramid level (one per level; default {iterations})",
+        help=f"affine iterations per pyramid level (one per level; default {iterations}, "
+        f"{','.join(map(str, AffineSettings(metric='mind').resolved_iterations))} with mind)",
     )
     advanced.add_argument(
         "--deformable-iterations", type=arguments.number_list(int, "iteration counts"),
@@ -100,7 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     advanced.add_argument(
         "--regularisation", type=arguments.number(float, "number"), metavar="W",
-        help=f"deformable smoothness weight (default {deformable.regularisation:g})",
+        help=f"deformable smoothness weight (default {deformable.resolved_regularisation:g}, {DeformableSettings(similarity='mind').resolved_regularisation:g} with mind)",
     )
     advanced.add_argument(
         "--preset", choices=tuple(PRESETS), default="default",

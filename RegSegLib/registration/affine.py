@@ -205,14 +205,40 @@ def _parameter_scales(family: str, radius: float, dtype: torch.dtype, device: to
     return scales
 
 
-def _initial_matrix(init: str, fixed: Volume, moving: Volume, fixed_weights: torch.Tensor, moving_weights: torch.Tensor) -> np.ndarray:
+def initial_alignment(
+    fixed: Volume,
+    moving: Volume,
+    init: str,
+    fixed_mask: Volume | None = None,
+    moving_mask: Volume | None = None,
+) -> AffineTransform:
+    """The translation the affine stage starts from (``init`` of :class:`AffineSettings`).
+
+    Args:
+        fixed: the fixed image (first channel used), robustly scaled to [0, 1] or scaled here.
+        moving: the moving image (first channel used).
+        init: ``identity``, ``centres`` (grid centres) or ``moments`` (intensity centres of mass).
+        fixed_mask: optional mask on the fixed grid.
+        moving_mask: optional mask on the moving grid; the masks weight the moments only when both are
+            given: a region on one side only (a gland mask on the fixed image) has a centre of mass that
+            nothing on the other side corresponds to.
+
+    Returns:
+        The fixed-to-moving start.
+    """
     if init == "identity":
-        return np.eye(4)
+        return AffineTransform.identity()
     if init == "centres":
-        return _translation(
-            geometry.grid_centre_ras(moving.ijk_to_ras, moving.shape) - geometry.grid_centre_ras(fixed.ijk_to_ras, fixed.shape)
+        return AffineTransform(
+            _translation(
+                geometry.grid_centre_ras(moving.ijk_to_ras, moving.shape) - geometry.grid_centre_ras(fixed.ijk_to_ras, fixed.shape)
+            )
         )
-    return _translation(_centre_of_mass(moving, moving_weights) - _centre_of_mass(fixed, fixed_weights))
+    fixed_weights, moving_weights = robust_scale(fixed.data[0]), robust_scale(moving.data[0])
+    if fixed_mask is not None and moving_mask is not None:
+        fixed_weights = fixed_weights * (resample(fixed_mask, fixed, mode="linear").data[0] > 0.5)
+        moving_weights = moving_weights * (resample(moving_mask, moving, mode="linear").data[0] > 0.5)
+    return AffineTransform(_translation(_centre_of_mass(moving, moving_weights) - _centre_of_mass(fixed, fixed_weights)))
 
 
 def _check_inputs(fixed: Volume, moving: Volume, fixed_mask: Volume | None, moving_mask: Volume | None) -> None:
@@ -271,7 +297,7 @@ def register_affine(
     """
     settings = (settings or AffineSettings()).overridden(**options)
     _check_inputs(fixed, moving, fixed_mask, moving_mask)
-    metric, levels, iterations = settings.metric, settings.levels, settings.iterations
+    metric, levels, iterations = settings.metric, settings.levels, settings.resolved_iterations
     progress = progress or Progress()
     torch_device = resolve_device(device)
     progress.update(0.0, "affine: preparing")
@@ -307,14 +333,9 @@ def register_affine(
         start = np.asarray(initial.matrix, dtype=np.float64)
     else:
         coarse = int(np.argmax(levels))
-        coarse_fixed, coarse_moving = fixed_levels[coarse], moving_levels[coarse]
-        fixed_weights, moving_weights = coarse_fixed.data[0], coarse_moving.data[0]
-        # masks weight the moments only when both are given: a region on one side only (a gland mask on
-        # the fixed image) has a centre of mass that nothing on the other side corresponds to
-        if fixed_mask_f is not None and moving_mask_f is not None:
-            fixed_weights = fixed_weights * resample(fixed_mask_f, coarse_fixed).data[0]
-            moving_weights = moving_weights * resample(moving_mask_f, coarse_moving).data[0]
-        start = _initial_matrix(settings.resolved_init, coarse_fixed, coarse_moving, fixed_weights, moving_weights)
+        start = initial_alignment(
+            fixed_levels[coarse], moving_levels[coarse], settings.resolved_init, fixed_mask_f, moving_mask_f
+        ).matrix
 
     centre = fixed.grid.centre_ras
     radius = float(np.sqrt(np.sum(fixed.grid.extent_mm**2) / 12.0))
@@ -333,8 +354,8 @@ def register_affine(
         return start_t @ affine_params.parameters_to_matrix(params * scales * active, settings.family, centre_t)[0]
 
     loss_fn = _loss(settings)
-    schedule = list(enumerate(iterations))
-    if metric == "mind":
+    schedule = [(index, count) for index, count in enumerate(iterations) if count > 0]
+    if metric == "mind" and schedule:
         schedule += [schedule[-1]] * MIND_EXTRA_ROUNDS
     total_iterations = float(sum(count for _, count in schedule))
     for round_index, (level_index, count) in enumerate(schedule):
@@ -365,7 +386,7 @@ def register_affine(
             return loss
 
         if round_index == 0:
-            run_adam(params, evaluate, count, settings.learning_rate * level.spacing, floor=ADAM_FLOOR)
+            run_adam(params, evaluate, count, settings.resolved_learning_rate * level.spacing, floor=ADAM_FLOOR)
             active.fill_(1.0)
         else:
             run_lbfgs(params, evaluate, count, 0.5 * level.spacing)

@@ -52,7 +52,7 @@ def control_grid(
 
         def total_loss() -> torch.Tensor:
             disp = _dense_field(params, shape_level, settings)
-            return loss_of(fixed_level, fields.warp(moving_level, disp), weight_level) + settings.regularisation * smoothness(disp)
+            return loss_of(fixed_level, fields.warp(moving_level, disp), weight_level) + settings.resolved_regularisation * smoothness(disp)
 
         def report(iteration: int) -> None:
             if iteration % 5 == 0:

@@ -206,7 +206,7 @@ def _adam_refine(
     def total_loss() -> torch.Tensor:
         field = smoothed()
         disp = fields.integrate_velocity(field, settings.integration_steps) if settings.diffeomorphic else field
-        return loss_of(fixed_cells, fields.warp(moving_cells, disp), weight_cells) + settings.regularisation * diffusion(disp)
+        return loss_of(fixed_cells, fields.warp(moving_cells, disp), weight_cells) + settings.resolved_regularisation * diffusion(disp)
 
     def report(iteration: int) -> None:
         if iteration % 5 == 0:

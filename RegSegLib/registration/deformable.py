@@ -39,8 +39,8 @@ from RegSegLib.volume import Volume
 ENGINES: dict[str, Engine] = {"convexadam": convex_adam, "grid": control_grid}
 """Deformable method name -> engine ``(fixed, moving, weight, settings, progress) -> voxel field``."""
 
-MIN_WORKING_VOXELS_PER_AXIS = 8
-"""Fewest working-grid voxels along an axis (the discrete search and the control grid halve it twice)."""
+MIN_WORKING_VOXELS_PER_AXIS = 4
+"""Fewest working-grid voxels along an axis (the discrete search halves it twice: one search cell)."""
 BYTES_PER_WORKING_VOXEL = 300
 BYTES_PER_FIXED_VOXEL = 48
 """Peak memory of the deformable stage: ``300 B`` per working-grid voxel (features, cost volume, fields,
@@ -101,6 +101,13 @@ def working_spacing(fixed: Grid, settings: DeformableSettings) -> float | None:
     return max(float(fixed.spacing.min()), float(np.cbrt(volume_mm3 / settings.max_working_voxels)))
 
 
+def with_search_in_voxels(settings: DeformableSettings, grid: Grid) -> DeformableSettings:
+    """The settings with every search radius given in mm turned into voxels of the search grid
+    (``grid`` shrunk by ``search_shrink``), as the engine uses them."""
+    search_spacing = float(grid.spacing.min()) * settings.search_shrink
+    return settings.overridden(coarse_levels=tuple(level.in_voxels(search_spacing) for level in settings.coarse_levels))
+
+
 def working_grid(fixed: Grid, settings: DeformableSettings) -> Grid:
     """The grid the deformable stage works on and its field is defined on (:func:`working_spacing`);
     a coarser grid covers every fixed voxel centre."""
@@ -155,6 +162,7 @@ def register_deformable(
     check_deformable_memory(fixed, settings, dev)
     progress.update(0.0, "deformable: preparing images")
     grid = working_grid(fixed.grid, settings)
+    settings = with_search_in_voxels(settings, grid)
     fixed_image, moving_image, weight = _prepare_images(fixed, moving, initial, fixed_mask, moving_mask, grid, settings, dev)
     disp = ENGINES[settings.method](fixed_image, moving_image, weight, settings, progress)
     field_mm = fields.voxel_to_mm(disp, grid.ijk_to_ras)[0]

@@ -81,7 +81,7 @@ class Verdict:
         """The sentence for the summary and ``metrics.json``, ``None`` when the stage was kept."""
         if not self.rolled_back:
             return None
-        kept = "the initial alignment" if self.stage == "affine" else "the affine result"
+        kept = "the starting alignment" if self.stage == "affine" else "the affine result"
         return (
             f"the {self.stage} stage made the alignment worse (MIND distance {self.before.mind:.4g} -> "
             f"{self.after.mind:.4g}{self._dice_text()}), so it was undone and {kept} was kept: check the "

@@ -12,14 +12,19 @@ result says so in :attr:`RegistrationResult.warnings`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass, field as dataclass_field, replace
 from typing import Any, Optional
 
 import torch
 
-from RegSegLib.registration.affine import register_affine
-from RegSegLib.registration.deformable import check_deformable_memory, register_deformable
-from RegSegLib.registration.guard import Guard, Verdict
+from RegSegLib.registration.affine import initial_alignment, register_affine
+from RegSegLib.registration.deformable import (
+    check_deformable_memory,
+    register_deformable,
+    with_search_in_voxels,
+    working_grid,
+)
+from RegSegLib.registration.guard import Guard, Score, Verdict
 from RegSegLib.registration.modality import choose_metric
 from RegSegLib.registration.settings import AUTO_METRIC, RegistrationSettings
 from RegSegLib.runtime import Progress, resolve_device
@@ -38,10 +43,11 @@ class RegistrationResult:
         transform: the whole fixed-to-moving mapping: an :class:`AffineTransform`, or a
             :class:`CompositeTransform` in ITK order (``[affine, field]``, preceded by the parts of an
             initial transform that held a displacement field).
-        affine: the affine stage's result (the initial alignment when the guard undid the stage).
+        affine: the affine stage's result (when the guard undid the stage: the initial transform, or the
+            better of identity and the stage's initialisation).
         field: the deformable stage's displacement field on the grid it was estimated on, ``None`` for
             affine only or when the guard undid the stage.
-        settings: the settings actually used (the metric chosen when it was ``auto``).
+        settings: the settings actually used (the metric chosen when it was ``auto``, search radii in voxels).
         metric_reason: why the metric was chosen (``"given"`` when the user chose it).
         verdicts: the guard's verdict on each stage, in order.
         seconds: wall time per stage (``"affine"``, ``"deformable"``, ``"guard"``).
@@ -78,6 +84,32 @@ def split_initial(initial: Transform | None) -> tuple[AffineTransform | None, li
         return simplified, []
     parts = simplified.flattened() if isinstance(simplified, CompositeTransform) else [simplified]
     return None, parts
+
+
+def _best_start(
+    guard: Guard,
+    affine_start: AffineTransform | None,
+    fixed: Volume,
+    moving: Volume,
+    settings: RegistrationSettings,
+    fixed_mask: Volume | None,
+    moving_mask: Volume | None,
+    pre_composed: bool,
+) -> tuple[AffineTransform, Score]:
+    """What an undone affine stage falls back to, and its score: the given initial transform, else the
+    better of identity and the affine stage's own initialisation (grid or intensity centres), which is a
+    result in its own right (two scans of one patient with distant grid origins)."""
+    if affine_start is not None:
+        return affine_start, guard.score(affine_start)
+    candidates = [AffineTransform.identity()]
+    if not pre_composed and settings.affine.resolved_init != "identity":
+        candidates.append(initial_alignment(fixed, moving, settings.affine.resolved_init, fixed_mask, moving_mask))
+    scored = [(candidate, guard.score(candidate)) for candidate in candidates]
+    best = scored[0]
+    for candidate, score in scored[1:]:
+        if best[1].worse_than(score):
+            best = (candidate, score)
+    return best
 
 
 def register(
@@ -128,6 +160,9 @@ def register(
     torch_device = resolve_device(device)
     if settings.deformable is not None:  # refuse a working grid that cannot fit before the affine stage runs
         check_deformable_memory(fixed, settings.deformable, torch_device)
+    if settings.deformable is not None:
+        searched = with_search_in_voxels(settings.deformable, working_grid(fixed.grid, settings.deformable))
+        settings = replace(settings, deformable=searched)
     reason = "given"
     if settings.metric == AUTO_METRIC:
         choice = choose_metric(fixed, moving)
@@ -143,7 +178,7 @@ def register(
 
     start = time.perf_counter()
     guard = Guard(fixed, moving, fixed_mask, moving_mask, torch_device)
-    current = guard.score(affine_start)
+    fallback, current = _best_start(guard, affine_start, fixed, moving, settings, fixed_mask, moving_mask, bool(pre_parts))
     seconds["guard"] += time.perf_counter() - start
 
     start = time.perf_counter()
@@ -163,7 +198,7 @@ def register(
     verdict, current = guard.judge("affine", current, affine)
     verdicts = [verdict]
     if verdict.rolled_back:
-        affine = affine_start or AffineTransform.identity()
+        affine = fallback
     seconds["guard"] += time.perf_counter() - start
 
     displacement = None

@@ -8,6 +8,7 @@ and a :class:`~RegSegLib.errors.RegSegError`) before any work starts, with the s
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
@@ -40,6 +41,15 @@ DEFAULT_DEFORMABLE_SIMILARITY = "lncc"
 PENALTIES: tuple[str, ...] = ("diffusion", "bending")
 
 
+AFFINE_ITERATIONS: dict[str, tuple[int, ...]] = {"default": (60, 20, 10)}
+"""Iterations per pyramid level (4, 2, 1) by metric."""
+AFFINE_LEARNING_RATES: dict[str, float] = {"default": 0.5}
+"""Adam step (mm per mm of working spacing) by metric."""
+DEFORMABLE_REGULARISATION: dict[str, float] = {"default": 1.0, "mind": 8.0}
+"""Smoothness weight by similarity: the MIND distance is larger than the local NCC loss, and weight 1 lets it
+fold (3.7 % folding on prostate MR -> US); 8 gives none."""
+
+
 @dataclass(frozen=True)
 class AffineSettings(Overridable):
     """The affine engine's settings (:func:`~RegSegLib.registration.affine.register_affine`).
@@ -53,11 +63,13 @@ class AffineSettings(Overridable):
             ``mind``: intensity centres of mass only correspond when the intensities mean the same
             tissue (an ultrasound fan or a DWI background moves them away from the anatomy).
         levels: pyramid factors, coarse to fine; level ``f`` works at ``f * spacing`` mm.
-        iterations: one count per level (0 skips a level): Adam iterations at the coarsest level, at
-            most this many loss evaluations of L-BFGS at the finer ones.
+        iterations: one count per level (0 skips a level): Adam iterations at the coarsest level used, at
+            most this many loss evaluations of L-BFGS at the finer ones; ``None``: the metric's
+            (:attr:`resolved_iterations`).
         spacing: base working spacing in mm; ``None``: the fixed image's finest spacing, coarsened so
             that the finest working grid has at most 2 million voxels.
-        learning_rate: Adam step at the coarsest level, in mm per mm of working spacing.
+        learning_rate: Adam step at the coarsest level, in mm per mm of working spacing; ``None``: the
+            metric's (:attr:`resolved_learning_rate`).
         window: local NCC window in voxels.
         num_bins: mutual information histogram bins.
         max_samples: voxels compared per step for the voxel-wise measures (all voxels for ``lncc``).
@@ -67,9 +79,9 @@ class AffineSettings(Overridable):
     metric: str = DEFAULT_AFFINE_METRIC
     init: str | None = None
     levels: tuple[float, ...] = (4.0, 2.0, 1.0)
-    iterations: tuple[int, ...] = (60, 20, 10)
+    iterations: tuple[int, ...] | None = None
     spacing: float | None = None
-    learning_rate: float = 0.5
+    learning_rate: float | None = None
     window: int = 7
     num_bins: int = 32
     max_samples: int = 10_000
@@ -81,19 +93,36 @@ class AffineSettings(Overridable):
         if self.init is not None:
             check_choice(self.init, INITIALISATIONS, "initialisation")
         object.__setattr__(self, "levels", check_counts(self.levels, "affine pyramid levels", integer=False))
-        object.__setattr__(self, "iterations", check_counts(self.iterations, "affine iterations", integer=True, zero_allowed=True))
-        if len(self.iterations) != len(self.levels):
+        if self.iterations is not None:
+            object.__setattr__(self, "iterations", check_counts(self.iterations, "affine iterations", integer=True, zero_allowed=True))
+        if len(self.resolved_iterations) != len(self.levels):
+            given = "" if self.iterations is not None else " (give them with the levels)"
             raise SettingsError(
                 f"affine iterations need one count per pyramid level: {len(self.levels)} levels "
-                f"{self.levels}, {len(self.iterations)} counts {self.iterations}"
+                f"{self.levels}, {len(self.resolved_iterations)} counts {self.resolved_iterations}{given}"
             )
         if self.spacing is not None:
             check_positive(self.spacing, "affine working spacing")
-        check_positive(self.learning_rate, "affine learning rate")
+        if self.learning_rate is not None:
+            check_positive(self.learning_rate, "affine learning rate")
         for value, what in ((self.window, "local NCC window"), (self.num_bins, "histogram bins"), (self.max_samples, "samples")):
             check_positive(value, what, integer=True)
         if self.window % 2 == 0:
             raise SettingsError(f"local NCC window must be odd, got {self.window}")
+
+    @property
+    def resolved_iterations(self) -> tuple[int, ...]:
+        """The iterations used: :attr:`iterations`, or the metric's (:data:`AFFINE_ITERATIONS`)."""
+        if self.iterations is not None:
+            return self.iterations
+        return AFFINE_ITERATIONS.get(self.metric, AFFINE_ITERATIONS["default"])
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        """The Adam step used: :attr:`learning_rate`, or the metric's (:data:`AFFINE_LEARNING_RATES`)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return AFFINE_LEARNING_RATES.get(self.metric, AFFINE_LEARNING_RATES["default"])
 
     @property
     def resolved_init(self) -> str:
@@ -101,6 +130,11 @@ class AffineSettings(Overridable):
         if self.init is not None:
             return self.init
         return "centres" if self.metric in vocabulary.MULTI_MODAL_METRICS else "moments"
+
+
+MAX_SEARCH_RADIUS = 6
+"""Largest search radius (in quantisation steps) a radius in mm turns into: ``13^3`` candidates per cell;
+fine grids (0.4 mm prostate ultrasound) keep a cost volume that fits."""
 
 
 @dataclass(frozen=True)
@@ -111,15 +145,29 @@ class CoarseLevel:
         step: control point spacing (features are average-pooled over ``step``^3).
         radius: search radius in units of ``quantisation``; ``(2 radius + 1)^3`` candidates.
         quantisation: spacing of the candidate displacements.
+        radius_mm: the search radius in mm instead (``radius`` then follows from the search grid's
+            spacing, :meth:`in_voxels`, at most :data:`MAX_SEARCH_RADIUS`), so that the capture range does
+            not depend on the working resolution.
     """
 
     step: int = 2
     radius: int = 3
     quantisation: int = 1
+    radius_mm: float | None = None
 
     def __post_init__(self) -> None:
         for value, what in ((self.step, "search step"), (self.radius, "search radius"), (self.quantisation, "quantisation")):
             check_positive(value, what, integer=True)
+        if self.radius_mm is not None:
+            check_positive(self.radius_mm, "search radius in mm")
+
+    def in_voxels(self, search_spacing_mm: float) -> "CoarseLevel":
+        """This level with :attr:`radius` from :attr:`radius_mm` on a search grid of ``search_spacing_mm``
+        (rounded up); itself when the radius is given in voxels."""
+        if self.radius_mm is None:
+            return self
+        radius = math.ceil(self.radius_mm / (search_spacing_mm * self.quantisation) - 1e-9)
+        return CoarseLevel(self.step, min(max(radius, 1), MAX_SEARCH_RADIUS), self.quantisation)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -149,7 +197,8 @@ class DeformableSettings(Overridable):
             ``max_working_voxels`` voxels, else the isotropic spacing that gives about that many.
         max_working_voxels: voxel budget of the automatic working resolution.
         search_shrink: the discrete search runs on the working grid shrunk by this factor.
-        coarse_levels: ConvexAdam discrete levels, coarse to fine.
+        coarse_levels: ConvexAdam discrete levels, coarse to fine; by default two searches of 16 mm then
+            8 mm radius (breathing motion: 25-32 mm of capture on lung CT at a 2.3-2.9 mm working grid).
         coupling: coupled convex optimisation weights (cost units per squared quantisation step).
         cost_smoothing: 3x3x3 averaging passes over the cost volume before the argmin (aggregation).
         inverse_consistent: make forward and backward coarse solutions inverse consistent.
@@ -160,7 +209,8 @@ class DeformableSettings(Overridable):
             (0 skips it; only used when ``adam_step`` > 1).
         adam_lr: Adam learning rate in grid voxels.
         adam_smoothing: 3x3x3 averaging passes over the grid at every iteration.
-        regularisation: weight of the diffusion (or bending) penalty, in grid voxel units.
+        regularisation: weight of the diffusion (or bending) penalty, in grid voxel units; ``None``: the
+            similarity's (:attr:`resolved_regularisation`).
         penalty: ``diffusion`` or ``bending`` (grid method).
         mind_radius: MIND-SSC patch radius in working voxels.
         mind_dilation: MIND-SSC neighbour distance in working voxels.
@@ -178,7 +228,10 @@ class DeformableSettings(Overridable):
     spacing_mm: float | None = None
     max_working_voxels: int = 1_000_000
     search_shrink: int = 2
-    coarse_levels: tuple[CoarseLevel, ...] = (CoarseLevel(step=2, radius=3, quantisation=1),)
+    coarse_levels: tuple[CoarseLevel, ...] = (
+        CoarseLevel(step=2, quantisation=1, radius_mm=16.0),
+        CoarseLevel(step=2, quantisation=1, radius_mm=8.0),
+    )
     coupling: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
     cost_smoothing: int = 1
     inverse_consistent: bool = False
@@ -188,7 +241,7 @@ class DeformableSettings(Overridable):
     fine_iterations: int = 8
     adam_lr: float = 1.0
     adam_smoothing: int = 3
-    regularisation: float = 1.0
+    regularisation: float | None = None
     penalty: str = "diffusion"
     mind_radius: int = 1
     mind_dilation: int = 2
@@ -215,11 +268,19 @@ class DeformableSettings(Overridable):
         for name in ("adam_iterations", "fine_iterations", "cost_smoothing", "adam_smoothing", "inverse_iterations"):
             check_positive(getattr(self, name), name.replace("_", " "), integer=True, zero_allowed=True)
         check_positive(self.adam_lr, "deformable learning rate")
-        check_positive(self.regularisation, "regularisation weight")
+        if self.regularisation is not None:
+            check_positive(self.regularisation, "regularisation weight")
         check_positive(self.presmooth_vox, "pre-smoothing", zero_allowed=True)
         low, high = self.percentiles
         if not (is_number(low) and is_number(high) and 0.0 <= low < high <= 100.0):
             raise SettingsError(f"intensity percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+
+    @property
+    def resolved_regularisation(self) -> float:
+        """The smoothness weight used: :attr:`regularisation`, or the similarity's (:data:`DEFORMABLE_REGULARISATION`)."""
+        if self.regularisation is not None:
+            return self.regularisation
+        return DEFORMABLE_REGULARISATION.get(self.similarity, DEFORMABLE_REGULARISATION["default"])
 
     @classmethod
     def from_preset(cls, preset: str = "default", **overrides: Any) -> "DeformableSettings":
@@ -300,13 +361,6 @@ class RegistrationSettings:
         affine_options: dict[str, Any] = {"family": family}
         if levels is not None:
             affine_options["levels"] = check_counts(levels, "affine pyramid levels", integer=False)
-            if iterations is None:
-                default = AffineSettings()
-                if len(affine_options["levels"]) != len(default.levels):
-                    raise SettingsError(
-                        f"affine iterations need one count per pyramid level: give them with the "
-                        f"{len(affine_options['levels'])} levels {tuple(levels)}"
-                    )
         if iterations is not None:
             affine_options["iterations"] = tuple(iterations)
         affine = AffineSettings(**affine_options)
@@ -354,7 +408,7 @@ class RegistrationSettings:
             SettingsError: ``metric`` is not one of :data:`METRICS`.
         """
         check_choice(metric, METRICS, "similarity metric")
-        return self.with_stage_metrics(metric, DEFORMABLE_SIMILARITY_FOR.get(metric, metric))
+        return replace(self.with_stage_metrics(metric, DEFORMABLE_SIMILARITY_FOR.get(metric, metric)), metric=metric)
 
     def with_stage_metrics(self, affine: str, deformable: str) -> "RegistrationSettings":
         """These settings with each stage's measure given; :attr:`metric` (the report's) becomes the last
@@ -381,9 +435,15 @@ class RegistrationSettings:
         return self.metric
 
     def as_dict(self) -> dict[str, Any]:
-        """Every resolved setting, for ``metrics.json`` (the affine initialisation resolved too)."""
+        """Every setting as used, for ``metrics.json`` (the values left to the metric resolved)."""
         content = asdict(self)
-        content["affine"]["init"] = self.affine.resolved_init
+        content["affine"].update(
+            init=self.affine.resolved_init,
+            iterations=self.affine.resolved_iterations,
+            learning_rate=self.affine.resolved_learning_rate,
+        )
+        if self.deformable is not None:
+            content["deformable"]["regularisation"] = self.deformable.resolved_regularisation
         return content
 
 

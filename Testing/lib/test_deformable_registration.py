@@ -98,7 +98,8 @@ def test_grid_method_recovers_smooth_deformation(brain: Volume) -> None:
     region = foreground(brain)
     initial_error = mean_error(DisplacementField(torch.zeros_like(truth.field), truth.ijk_to_ras), truth, region)
     result = register_deformable(
-        brain, moving, method="grid", similarity="mind", spacing_mm=6.0, pyramid=(2, 1), adam_iterations=40, device="cpu"
+        brain, moving, method="grid", similarity="mind", regularisation=1.0, spacing_mm=6.0, pyramid=(2, 1),
+        adam_iterations=40, device="cpu",
     )
     assert mean_error(result, truth, region) < 0.7 * initial_error
 
@@ -183,3 +184,30 @@ def test_unknown_settings_are_rejected() -> None:
         DeformableSettings.from_preset(learning_rate=1.0)
     with pytest.raises(ValueError, match="unknown deformable preset"):
         DeformableSettings.from_preset("nope")
+
+
+def test_search_radius_in_mm_follows_the_working_resolution() -> None:
+    """The default capture range is about the same in mm whatever the working grid (lung at 2.9 mm, brain at
+    2 mm), and a fine grid keeps a bounded number of candidates."""
+    from RegSegLib.registration.deformable import with_search_in_voxels
+    from RegSegLib.registration.settings import MAX_SEARCH_RADIUS, CoarseLevel
+
+    first, second = DeformableSettings().coarse_levels
+    assert (first.radius_mm, second.radius_mm) == (16.0, 8.0)
+    assert first.in_voxels(5.8).radius == 3 and first.in_voxels(4.0).radius == 4
+    assert CoarseLevel(radius=5).in_voxels(1.0).radius == 5
+    assert first.in_voxels(0.8).radius == MAX_SEARCH_RADIUS
+    grid = geometry.Grid(np.diag([2.9, 2.9, 2.9, 1.0]), (100, 80, 110))
+    levels = with_search_in_voxels(DeformableSettings(), grid).coarse_levels
+    assert [(level.radius, level.radius_mm) for level in levels] == [(3, None), (2, None)]
+    assert all(level.radius * 2 * 2.9 >= mm for level, mm in zip(levels, (16.0, 8.0)))
+
+
+def test_the_regularisation_default_follows_the_similarity() -> None:
+    assert DeformableSettings().resolved_regularisation == 1.0
+    assert DeformableSettings(similarity="mind").resolved_regularisation == 8.0
+    assert DeformableSettings(similarity="mind", regularisation=2.0).resolved_regularisation == 2.0
+    from RegSegLib.registration.settings import RegistrationSettings
+
+    recorded = RegistrationSettings.create(method="deformable", metric="mind").as_dict()
+    assert recorded["deformable"]["regularisation"] == 8.0 and recorded["affine"]["iterations"] == (60, 20, 10)

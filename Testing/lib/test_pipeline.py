@@ -119,11 +119,16 @@ def test_deformable_composes_affine_then_field_and_splits_progress(stages):
 
 def test_auto_metric_is_chosen_from_the_images_and_recorded(stages):
     calls, _, _ = stages
-    result = register(_image(), _image(), method="deformable", device="cpu")
-    assert result.settings.metric == calls["affine"]["settings"].metric == "mind"
-    assert calls["deformable"]["settings"].similarity == "mind"
-    assert result.metric_reason.startswith("auto")
-    assert result.settings.report_metric == "mind"
+    image = _image()
+    result = register(image, image, method="deformable", device="cpu")
+    assert (calls["affine"]["settings"].metric, calls["deformable"]["settings"].similarity) == ("ncc", "lncc")
+    assert result.settings.report_metric == "lncc"
+    assert result.metric_reason.startswith("auto: coarse correlation of the centred images 1.00")
+    # the same anatomy with another contrast (inverted intensities): a different modality, MIND for both stages
+    inverted = image.with_data(image.data.max() - image.data)
+    result = register(image, inverted, method="deformable", device="cpu")
+    assert (calls["affine"]["settings"].metric, calls["deformable"]["settings"].similarity) == ("mind", "mind")
+    assert result.settings.report_metric == "mind" and "different modalities" in result.metric_reason
 
 
 def _blob(shift_mm: float = 0.0) -> Volume:
@@ -151,7 +156,17 @@ def test_a_stage_that_makes_the_alignment_worse_is_undone_and_said(monkeypatch):
     np.testing.assert_allclose(result.transform.matrix, np.eye(4))
     assert result.verdicts[0].rolled_back and result.verdicts[0].after.mind > result.verdicts[0].before.mind
     assert len(result.warnings) == 1
-    assert "the affine stage made the alignment worse" in result.warnings[0] and "initial alignment was kept" in result.warnings[0]
+    assert "the affine stage made the alignment worse" in result.warnings[0] and "starting alignment was kept" in result.warnings[0]
+
+
+def test_an_undone_affine_stage_falls_back_to_its_initialisation_when_that_is_better(monkeypatch):
+    wrong_affine = _translation([-8.0, 0.0, 0.0])
+    monkeypatch.setattr(pipeline_module, "register_affine", lambda *a, **k: wrong_affine)
+    fixed = _blob()
+    moved_grid = Volume(fixed.data.clone(), _translation([10.0, -4.0, 0.0]).matrix @ fixed.ijk_to_ras)
+    result = register(fixed, moved_grid, device="cpu")
+    assert result.verdicts[0].rolled_back
+    np.testing.assert_allclose(result.transform.matrix[:3, 3], [10.0, -4.0, 0.0], atol=0.05)
 
 
 def test_a_stage_that_improves_the_alignment_is_kept(monkeypatch):

@@ -664,12 +664,12 @@ def test_panel_and_batch_choices_are_the_settings_vocabulary_and_the_ui_lists_th
     assert choices == {
         "method": ["affine", "deformable"],
         "transform_family": ["rigid", "similarity", "anisotropic", "affine"],
-        "metric": ["default", "lncc", "ncc", "mse", "mi", "mind"],
+        "metric": ["auto", "lncc", "ncc", "mse", "mi", "mind"],
         "device": ["auto", "cpu", "cuda"],
         "preset": ["default", "large-motion"],
     }
     assert (choices["method"], choices["transform_family"]) == (list(settings.METHODS), list(settings.FAMILIES))
-    assert (choices["metric"][1:], choices["device"], choices["preset"]) == (list(settings.METRICS), list(settings.DEVICES), list(settings.PRESETS))
+    assert (choices["metric"], choices["device"], choices["preset"]) == (list(settings.METRIC_CHOICES), list(settings.DEVICES), list(settings.PRESETS))
     tree = ET.parse(MODULE_FOLDER / "Resources" / "UI" / "RegSegRegistration.ui")
     listed = {}
     for widget in tree.iter("widget"):
@@ -686,7 +686,7 @@ def test_panel_and_batch_choices_are_the_settings_vocabulary_and_the_ui_lists_th
     assert parser_choices == {
         "method": choices["method"],
         "transform": choices["transform_family"],
-        "metric": choices["metric"][1:],
+        "metric": choices["metric"],
         "device": choices["device"],
         "preset": choices["preset"],
     }
@@ -697,7 +697,7 @@ def test_panel_and_batch_choices_are_the_settings_vocabulary_and_the_ui_lists_th
     [
         ({"levels": [4, 0, 1]}, r"^Affine pyramid levels must be a positive number, got 0\.$"),
         ({"levels": [], "iterations": [60, 20, 10]}, r"^Affine pyramid levels are empty\.$"),
-        ({"levels": [2, 1]}, r"^Affine iterations need one count per pyramid level: give them with the 2 levels \(2, 1\)\.$"),
+        ({"levels": [2, 1]}, r"^Affine iterations need one count per pyramid level: 2 levels \(2\.0, 1\.0\), 3 counts \(60, 20, 10\) \(give them with the levels\)\.$"),
         ({"iterations": [60, 20]}, r"one count per pyramid level: 3 levels \(4\.0, 2\.0, 1\.0\), 2 counts \(60, 20\)\.$"),
         ({"levels": [2, 1], "iterations": [20, 10, 5]}, r"one count per pyramid level: 2 levels \(2\.0, 1\.0\), 3 counts \(20, 10, 5\)\.$"),
         ({"iterations": [60, -1, 10]}, r"^Affine iterations must be a non-negative whole number, got -1\.$"),
@@ -710,7 +710,7 @@ def test_panel_and_batch_choices_are_the_settings_vocabulary_and_the_ui_lists_th
         ({"preset": "huge-motion"}, r"^Unknown deformable preset 'huge-motion'; choose one of default, large-motion\.$"),
         ({"method": "elastic"}, r"^Unknown method 'elastic'; choose one of affine, deformable\.$"),
         ({"transform_family": "shear"}, r"^Unknown transform family 'shear'; choose one of rigid, similarity, anisotropic, affine\.$"),
-        ({"metric": "ssd"}, r"^Unknown similarity metric 'ssd'; choose one of lncc, ncc, mse, mi, mind\.$"),
+        ({"metric": "ssd"}, r"^Unknown similarity metric 'ssd'; choose one of auto, lncc, ncc, mse, mi, mind\.$"),
         ({"device": "gpu"}, r"^Unknown device 'gpu'; choose one of auto, cpu, cuda\.$"),
     ],
 )

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.filterwarnings("error:does not have observer", "error:a
 CHOICES = {  # combo box: (field, default, a user's choice)
     "methodComboBox": ("method", "affine", "deformable"),
     "transformFamilyComboBox": ("transform_family", "affine", "similarity"),
-    "metricComboBox": ("metric", "default", "mi"),
+    "metricComboBox": ("metric", "auto", "mi"),
     "deviceComboBox": ("device", "auto", "cpu"),
     "presetComboBox": ("preset", "default", "large-motion"),
 }
