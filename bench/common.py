@@ -2,7 +2,8 @@
 
 Every method runs as a whole process, one fresh process per job, exactly as a user would start it
 (:func:`run_process`): the wall time covers start-up, imports, reading, the work and writing; the
-peak resident memory is the kernel's figure for that process (``ru_maxrss`` from ``os.wait4``); the
+peak resident memory is the kernel's figure for that process (``ru_maxrss`` from ``os.wait4``, taken by
+the small ``launcher.py`` that starts it, so that the harness's own memory does not leak into it); the
 output size is what the process left in its output folder. A process that exits with an error, is
 killed by a signal or runs past its time limit is reported as a failed job instead of stopping the
 benchmark.
@@ -35,6 +36,8 @@ THREAD_VARIABLES = (
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
 )
 """Environment variables that set the thread count of torch, BLAS and ITK (ANTs, elastix)."""
+LAUNCHER = Path(__file__).resolve().with_name("launcher.py")
+"""The small process that starts and measures every job (see :func:`run_process`)."""
 GPU_POLL_S = 0.2
 """Interval of the ``nvidia-smi`` polls that follow a process's GPU memory."""
 
@@ -75,13 +78,19 @@ def folder_bytes(folder: Path) -> int:
 
 
 class _GpuMonitor(threading.Thread):
-    """Polls ``nvidia-smi`` for the GPU memory one process holds and keeps the largest value."""
+    """Polls ``nvidia-smi`` for the GPU memory of one process group and keeps the largest total."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, group: int) -> None:
         super().__init__(daemon=True)
-        self.pid = pid
+        self.group = group
         self.peak_mb: float | None = None
         self.done = threading.Event()
+
+    def _in_group(self, pid: str) -> bool:
+        try:
+            return os.getpgid(int(pid)) == self.group
+        except (ValueError, OSError):
+            return False
 
     def run(self) -> None:
         query = ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
@@ -90,18 +99,10 @@ class _GpuMonitor(threading.Thread):
                 lines = subprocess.run(query, capture_output=True, text=True, timeout=10, check=True).stdout
             except (OSError, subprocess.SubprocessError):
                 return
-            for line in lines.splitlines():
-                fields = [part.strip() for part in line.split(",")]
-                if len(fields) == 2 and fields[0] == str(self.pid) and fields[1].isdigit():
-                    self.peak_mb = max(self.peak_mb or 0.0, float(fields[1]))
-
-
-def _kill_group(pid: int, timed_out: threading.Event) -> None:
-    timed_out.set()
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+            fields = [[part.strip() for part in line.split(",")] for line in lines.splitlines()]
+            used = [float(f[1]) for f in fields if len(f) == 2 and f[1].isdigit() and self._in_group(f[0])]
+            if used:
+                self.peak_mb = max(self.peak_mb or 0.0, sum(used))
 
 
 def run_process(
@@ -115,55 +116,70 @@ def run_process(
 ) -> ProcessResult:
     """Runs one command as a fresh process and measures it.
 
-    The process starts in its own session (so a time limit kills it with everything it started), reads
-    nothing from standard input and writes standard output and error to ``log_path``.
+    The command is started by ``launcher.py`` (``python -I -S``, standard library only), which times it
+    from just before it starts to its end and takes its peak RSS from ``os.wait4``. The launcher starts a
+    session of its own (so a time limit kills it with everything it started), reads nothing from standard
+    input and writes standard output and error to ``log_path``.
 
     Args:
         argv: the command.
         output_dir: the folder it writes its results into (measured after it ends).
-        log_path: file that receives its standard output and error.
+        log_path: file that receives its standard output and error; the launcher's report is written beside
+            it (``<log name>.cost.json``).
         env: its environment (thread counts, see :func:`thread_environment`).
         timeout_s: time limit; past it the process group is killed.
         cwd: its working folder (default: the current one).
         follow_gpu: poll ``nvidia-smi`` for its GPU memory.
 
     Returns:
-        Exit code, wall time, peak RSS, bytes written and whether the time limit was hit.
+        Exit code, wall time, peak RSS (``nan`` when the launcher was killed), bytes written and whether the
+        time limit was hit.
     """
-    timed_out = threading.Event()
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    report = log_path.with_name(log_path.name + ".cost.json")
+    report.unlink(missing_ok=True)
+    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), str(report)]
+    timed_out = False
     with open(log_path, "wb") as log:
         start = time.perf_counter()
         process = subprocess.Popen(
-            list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            [*launcher, *argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
             start_new_session=True,
         )  # fmt: skip
-        timer = threading.Timer(timeout_s, _kill_group, (process.pid, timed_out))
-        timer.start()
         monitor = _GpuMonitor(process.pid) if follow_gpu and shutil.which("nvidia-smi") else None
         if monitor is not None:
             monitor.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            _kill_group(process)
         except BaseException:
-            _kill_group(process.pid, threading.Event())
-            process.wait()
+            _kill_group(process)
             raise
         finally:
-            timer.cancel()
+            if monitor is not None:
+                monitor.done.set()
+                monitor.join()
         wall = time.perf_counter() - start
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if monitor is not None:
-            monitor.done.set()
-            monitor.join()
+    cost = json.loads(report.read_text()) if report.exists() else {}
     return ProcessResult(
-        exit_code=process.returncode,
-        wall_s=wall,
-        peak_rss_mb=usage.ru_maxrss / 1024.0,
+        exit_code=cost.get("exit_code", process.returncode),
+        wall_s=cost.get("wall_s", wall),
+        peak_rss_mb=cost["peak_rss_kb"] / 1024.0 if "peak_rss_kb" in cost else math.nan,
         bytes_written=folder_bytes(output_dir),
-        timed_out=timed_out.is_set(),
+        timed_out=timed_out,
         gpu_peak_mb=None if monitor is None else monitor.peak_mb,
     )
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kills the process group a :func:`run_process` launcher leads, then reaps the launcher."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def _package_version(name: str) -> str | None:
