@@ -73,6 +73,11 @@ class Run:
         return "tuned" if self.flags else "defaults"
 
     @property
+    def label(self) -> str:
+        """``defaults``, or ``tuned:`` and the flags."""
+        return f"tuned: {' '.join(self.flags)}" if self.flags else "defaults"
+
+    @property
     def transform(self) -> str:
         """What the method runs, as shown in the tables."""
         family = self.family or "affine"
@@ -267,7 +272,7 @@ class Context:
             follow_gpu=run.method == "regseg" and self.regseg_on_gpu,
         )  # fmt: skip
         job.measured = measurement(result, command, folder / "log.txt", self.timeout_s)
-        line = f"    {METHOD_TITLES[run.method]} {run.transform} ({run.run}): "
+        line = f"    {METHOD_TITLES[run.method]} {run.transform} ({run.label}): "
         if job.failed:
             log(line + f"FAILED {job.measured['error']}")
         else:
@@ -476,7 +481,7 @@ def commands_section(ctx: Context, chosen: Sequence[Run], labels: bool = False) 
     """A list of the commands each run starts, with placeholders for the files."""
     lines = ["Commands (one fresh process per job; threads set by the environment):", ""]
     for run in chosen:
-        lines.append(f"- {METHOD_TITLES[run.method]} {run.transform} ({run.run}): `{ctx.template(run, labels)}`")
+        lines.append(f"- {METHOD_TITLES[run.method]} {run.transform} ({run.label}): `{ctx.template(run, labels)}`")
     return "\n".join(lines)
 
 

@@ -58,8 +58,11 @@ def slope(sizes: list[int], values: list[float | None]) -> float:
 
 
 def sweep_runs(factor: float) -> list[Run]:
-    """RegSeg affine and deformable with every default iteration count scaled by ``factor`` (at least 1)."""
-    affine = [max(1, round(n * factor)) for n in AffineSettings().iterations]
+    """RegSeg affine and deformable with every default iteration count scaled by ``factor`` (at least 1).
+
+    The defaults are those of the same-modality metric, the one ``regseg`` chooses for the brain pair.
+    """
+    affine = [max(1, round(n * factor)) for n in AffineSettings().resolved_iterations]
     defaults = DeformableSettings()
     deformable = [max(1, round(n * factor)) for n in (defaults.adam_iterations, defaults.fine_iterations)]
     affine_flags = ("--iterations", ",".join(str(n) for n in affine))
