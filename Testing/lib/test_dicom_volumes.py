@@ -96,8 +96,9 @@ def test_register_refuses_a_multi_volume_dicom_folder_with_one_line(tmp_path, ca
     capfd.readouterr()
     assert cli.main(["register", str(single), str(dwi), "-o", str(out), "--device", "cpu"]) == 2
     captured = capfd.readouterr()
-    lines = [line for line in (captured.err + captured.out).splitlines() if line.strip()]
+    lines = [line for line in captured.err.splitlines() if line.strip()]
     assert len(lines) == 1, captured
+    assert all(line.startswith("regseg: [") for line in captured.out.splitlines()), captured  # stage lines only
     assert lines[0].startswith("regseg: error: ") and str(dwi) in lines[0] and "3 volumes" in lines[0], lines[0]
     assert "b-values 0, 500, 1000" in lines[0], lines[0]
     assert not out.exists()
