@@ -245,6 +245,7 @@ class Context:
         return self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
 
     def template(self, run: Run, labels: bool = False) -> str:
+        """``run``'s command with placeholders, with this benchmark's ``--device``."""
         return run.template(self.device, labels)
 
     def register(
