@@ -270,6 +270,19 @@ class Grid(NamedTuple):
         """The grid of the same extent and directions with another voxel size (:func:`resampled_grid`)."""
         return resampled_grid(self.ijk_to_ras, self.shape, spacing_mm, cover)
 
+    def within_voxels(self, max_voxels: int, cover: bool = False) -> "Grid":
+        """This grid when it holds at most ``max_voxels`` voxels, else the isotropic grid of the same extent
+        and directions that holds about that many (never finer than this grid's finest spacing).
+
+        Args:
+            max_voxels: the voxel budget.
+            cover: see :func:`resampled_grid`.
+        """
+        if self.num_voxels <= max_voxels:
+            return self
+        spacing = float(np.cbrt(float(np.prod(self.extent_mm)) / max_voxels))
+        return self.resampled(max(float(self.spacing.min()), spacing), cover)
+
     def corner_distance_mm(self, other: "Grid") -> float:
         """:func:`corner_distance_mm` of two grids."""
         return corner_distance_mm(self.ijk_to_ras, self.shape, other.ijk_to_ras, other.shape)

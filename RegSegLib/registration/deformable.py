@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from RegSegLib.geometry import Grid
@@ -86,21 +85,6 @@ def check_deformable_memory(fixed: Volume, settings: DeformableSettings, device:
     )
 
 
-def working_spacing(fixed: Grid, settings: DeformableSettings) -> float | None:
-    """The isotropic working spacing in mm, or ``None`` to work on the fixed grid itself.
-
-    ``settings.spacing_mm`` when given; otherwise ``None`` when the fixed grid holds at most
-    ``settings.max_working_voxels`` voxels, else the spacing that gives about that many over the fixed
-    grid's extent (never finer than its finest spacing).
-    """
-    if settings.spacing_mm is not None:
-        return float(settings.spacing_mm)
-    if fixed.num_voxels <= settings.max_working_voxels:
-        return None
-    volume_mm3 = float(np.prod(fixed.extent_mm))
-    return max(float(fixed.spacing.min()), float(np.cbrt(volume_mm3 / settings.max_working_voxels)))
-
-
 def with_search_in_voxels(settings: DeformableSettings, grid: Grid) -> DeformableSettings:
     """The settings with every search radius given in mm turned into voxels of the search grid
     (``grid`` shrunk by ``search_shrink``), as the engine uses them."""
@@ -109,10 +93,15 @@ def with_search_in_voxels(settings: DeformableSettings, grid: Grid) -> Deformabl
 
 
 def working_grid(fixed: Grid, settings: DeformableSettings) -> Grid:
-    """The grid the deformable stage works on and its field is defined on (:func:`working_spacing`);
-    a coarser grid covers every fixed voxel centre."""
-    spacing = working_spacing(fixed, settings)
-    return fixed if spacing is None else fixed.resampled(spacing, cover=True)
+    """The grid the deformable stage works on and its field is defined on.
+
+    The isotropic grid of ``settings.spacing_mm`` when given; otherwise the fixed grid when it holds at
+    most ``settings.max_working_voxels`` voxels, else the isotropic grid holding about that many
+    (:meth:`Grid.within_voxels`). A coarser grid covers every fixed voxel centre.
+    """
+    if settings.spacing_mm is not None:
+        return fixed.resampled(float(settings.spacing_mm), cover=True)
+    return fixed.within_voxels(settings.max_working_voxels, cover=True)
 
 
 def register_deformable(

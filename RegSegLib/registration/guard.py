@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from RegSegLib.geometry import Grid
@@ -117,10 +116,7 @@ class Guard:
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        grid = fixed.grid
-        if grid.num_voxels > MAX_GUARD_VOXELS:
-            extent = float(np.prod(grid.extent_mm))
-            grid = grid.resampled(max(float(grid.spacing.min()), float(np.cbrt(extent / MAX_GUARD_VOXELS))))
+        grid = fixed.grid.within_voxels(MAX_GUARD_VOXELS)
         self.grid: Grid = grid
         self.moving = self._first_channel(moving)
         fixed_image = resample(self._first_channel(fixed), grid).data[None]

@@ -79,10 +79,7 @@ def centred_correlation(fixed: Volume, moving: Volume) -> float:
     Returns:
         NCC in [-1, 1] over the coarse fixed grid.
     """
-    grid = fixed.grid
-    if grid.num_voxels > CHECK_VOXELS:
-        spacing = float(np.cbrt(float(np.prod(grid.extent_mm)) / CHECK_VOXELS))
-        grid = grid.resampled(max(spacing, float(grid.spacing.min())))
+    grid = fixed.grid.within_voxels(CHECK_VOXELS)
     images = []
     for volume in (fixed, moving):
         scaled = volume.with_data(robust_scale(volume.data[:1]), kind="image")
