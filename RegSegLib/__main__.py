@@ -1,7 +1,5 @@
 """``python -m RegSegLib ...`` runs the ``regseg`` command (:mod:`RegSegLib.cli`)."""
 
-import sys
+from RegSegLib.cli.main import run_and_exit
 
-from RegSegLib.cli.main import main
-
-sys.exit(main())
+run_and_exit()

@@ -1,7 +1,5 @@
 """``python -m RegSegLib.cli ...`` runs the ``regseg`` command."""
 
-import sys
+from RegSegLib.cli.main import run_and_exit
 
-from RegSegLib.cli.main import main
-
-sys.exit(main())
+run_and_exit()

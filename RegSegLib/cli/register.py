@@ -233,7 +233,7 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
             **outcome.report,
         }
         report(0.95, "drawing the QC picture")
-        qc_figure(fixed, outcome.before, outcome.warped, staging.file("qc.png"))
+        qc_figure(fixed, moving, outcome.warped, staging.file("qc.png"))
         metrics["seconds"] = {
             "read": read_seconds,
             **result.seconds,

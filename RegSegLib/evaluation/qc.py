@@ -242,7 +242,7 @@ def png_bytes(rgb: np.ndarray, level: int = PNG_LEVEL) -> bytes:
     )
 
 
-def qc_picture(fixed: Volume, moving_resampled_before: Volume, warped: Volume) -> np.ndarray:
+def qc_picture(fixed: Volume, moving_before: Volume, warped: Volume) -> np.ndarray:
     """The QC picture as an RGB array: magenta (fixed) / green (moving) overlays, before (top) and after (bottom).
 
     Columns are the axial, coronal and sagittal planes through the centre of the fixed grid, all at one
@@ -251,14 +251,14 @@ def qc_picture(fixed: Volume, moving_resampled_before: Volume, warped: Volume) -
 
     Args:
         fixed: fixed image ``[C, K, J, I]`` (channel 0 is shown); its grid defines the planes.
-        moving_resampled_before: the moving image on the fixed grid before registration.
+        moving_before: the moving image before registration, on any grid (it is read at the planes' RAS points).
         warped: the moving image on the fixed grid after registration.
 
     Returns:
         ``[H, W, 3]`` uint8 picture (about 1000 x 700 pixels).
     """
     fixed_window = _window([fixed])
-    moving_window = _window([moving_resampled_before, warped])
+    moving_window = _window([moving_before, warped])
     extents = [_plane_extent(fixed, right, up) for _, right, up, _ in VIEWS]
     longest = max(max(h_high - h_low, v_high - v_low) for h_low, h_high, v_low, v_high in extents)
     pixel = max(longest / (PANEL_PIXELS - 1), 1e-6)
@@ -268,7 +268,7 @@ def qc_picture(fixed: Volume, moving_resampled_before: Volume, warped: Volume) -
     ends = np.cumsum([plane.shape[0] * plane.shape[1] for plane in planes])[:-1]
     fixed_values = np.split(_normalise(_sample(fixed, points), fixed_window), ends)
     moving_values = [
-        np.split(_normalise(_sample(moving, points), moving_window), ends) for moving in (moving_resampled_before, warped)
+        np.split(_normalise(_sample(moving, points), moving_window), ends) for moving in (moving_before, warped)
     ]
     panels = []
     for view, (name, _, _, labels) in enumerate(VIEWS):
@@ -298,16 +298,16 @@ def qc_picture(fixed: Volume, moving_resampled_before: Volume, warped: Volume) -
     return canvas
 
 
-def qc_figure(fixed: Volume, moving_resampled_before: Volume, warped: Volume, path: str | os.PathLike) -> None:
+def qc_figure(fixed: Volume, moving_before: Volume, warped: Volume, path: str | os.PathLike) -> None:
     """Writes the QC picture (:func:`qc_picture`) as a PNG, atomically.
 
     Args:
         fixed: fixed image ``[C, K, J, I]`` (channel 0 is shown); its grid defines the planes.
-        moving_resampled_before: the moving image on the fixed grid before registration.
+        moving_before: the moving image before registration, on any grid (it is read at the planes' RAS points).
         warped: the moving image on the fixed grid after registration.
         path: the PNG to write.
     """
-    data = png_bytes(qc_picture(fixed, moving_resampled_before, warped))
+    data = png_bytes(qc_picture(fixed, moving_before, warped))
     with atomic_output(path) as temp:
         with open(temp, "wb") as file:
             file.write(data)

@@ -189,10 +189,10 @@ def _storage_dtype(data: np.ndarray) -> np.ndarray:
 def _write_nifti(data: np.ndarray, ijk_to_ras: np.ndarray, filename: str) -> None:
     import nibabel as nib
 
-    array = np.transpose(data, (3, 2, 1, 0))
+    array = np.transpose(data, (3, 2, 1, 0))  # Fortran-ordered [I, J, K, C]: the order NIfTI stores
     if array.shape[3] == 1:
         array = array[..., 0]
-    image = nib.Nifti1Image(np.ascontiguousarray(array), ijk_to_ras)
+    image = nib.Nifti1Image(array, ijk_to_ras)
     image.set_sform(ijk_to_ras, code=1)
     image.set_qform(ijk_to_ras, code=1)
     image.header.set_xyzt_units("mm", "sec")

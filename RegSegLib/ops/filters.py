@@ -85,25 +85,33 @@ def smooth_average(x: torch.Tensor, kernel: int = 3, repeats: int = 1) -> torch.
 
 
 def gaussian_smooth(x: torch.Tensor, sigma_vox: float | Sequence[float]) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``[B, C, K, J, I]`` (sigma in voxels per (k, j, i) axis), edges replicated."""
+    """Separable Gaussian smoothing of ``[B, C, K, J, I]`` (sigma in voxels per (k, j, i) axis), edges replicated.
+
+    Each axis is filtered by adding weighted shifted views of the edge-padded tensor, the symmetric taps in
+    pairs: on a CPU this is several times faster than ``conv3d`` with a one-dimensional kernel.
+    """
     sigmas = (sigma_vox,) * 3 if isinstance(sigma_vox, (int, float)) else tuple(sigma_vox)
-    channels = x.shape[1]
     for dim, sigma in zip((2, 3, 4), sigmas):
         if sigma <= 0 or x.shape[dim] == 1:
             continue
-        radius = max(int(np.ceil(3 * sigma)), 1)
-        radius = min(radius, x.shape[dim] - 1)
-        offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-        weights = torch.exp(-0.5 * (offsets / sigma) ** 2)
-        weights = weights / weights.sum()
-        shape = [1, 1, 1, 1, 1]
-        shape[dim] = weights.numel()
-        kernel = weights.reshape(shape).repeat(channels, 1, 1, 1, 1)
-        pads = [0, 0, 0, 0, 0, 0]
-        pads[2 * (4 - dim)] = radius
-        pads[2 * (4 - dim) + 1] = radius
-        x = F.conv3d(F.pad(x, pads, mode="replicate"), kernel, groups=channels)
+        x = gaussian_along(x, float(sigma), dim)
     return x
+
+
+def gaussian_along(x: torch.Tensor, sigma: float, dim: int) -> torch.Tensor:
+    """Gaussian of ``sigma`` voxels along ``dim`` (truncated at 3 sigma), the edge values replicated."""
+    size = x.shape[dim]
+    radius = min(max(int(np.ceil(3 * sigma)), 1), size - 1)
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    weights /= weights.sum()
+    first, last = x.narrow(dim, 0, 1), x.narrow(dim, size - 1, 1)
+    padded = torch.cat([first] * radius + [x] + [last] * radius, dim=dim)
+    out = x * float(weights[radius])
+    for offset in range(1, radius + 1):
+        pair = padded.narrow(dim, radius - offset, size) + padded.narrow(dim, radius + offset, size)
+        out.add_(pair, alpha=float(weights[radius + offset]))
+    return out
 
 
 def antialias_sigmas(ratio: float | Sequence[float]) -> np.ndarray:

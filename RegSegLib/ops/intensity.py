@@ -30,12 +30,24 @@ def robust_range(
     tensors = [data] if isinstance(data, torch.Tensor) else list(data)
     values = torch.cat([t.detach().float().reshape(-1) for t in tensors])
     sample = values[:: max(1, values.numel() // MAX_QUANTILE_SAMPLES)]
-    lo, hi = (float(v) for v in torch.quantile(sample, torch.tensor([low, high], device=sample.device)))
+    lo, hi = (_quantile(sample, q) for q in (low, high))
     if hi <= lo:
         lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         hi = lo + 1.0
     return lo, hi
+
+
+def _quantile(values: torch.Tensor, q: float) -> float:
+    """The ``q`` quantile of a 1D tensor, interpolated linearly between order statistics as
+    ``torch.quantile`` does, found by selection (``kthvalue``) rather than a full sort."""
+    position = q * (values.numel() - 1)
+    below = int(position)
+    value = float(values.kthvalue(below + 1).values)
+    fraction = position - below
+    if fraction > 0.0:
+        value += fraction * (float(values.kthvalue(below + 2).values) - value)
+    return value
 
 
 def robust_scale(data: torch.Tensor, low: float = 0.005, high: float = 0.995) -> torch.Tensor:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from RegSegLib import geometry
-from RegSegLib.ops.filters import antialias_sigmas, gaussian_smooth
-from RegSegLib.transforms import resample
+from RegSegLib.ops.filters import antialias_sigmas, gaussian_along, gaussian_smooth
+from RegSegLib.transforms import fields, resample
 from RegSegLib.volume import Volume
 
 MIN_SIGMA_VOX: float = 0.2
@@ -48,13 +48,32 @@ def downsample(volume: Volume, spacing_ijk: np.ndarray, mask: torch.Tensor | Non
     if np.allclose(target, native, rtol=1e-3):
         return volume
     grid = geometry.resampled_grid(volume.ijk_to_ras, volume.shape, target)
-    sigmas = tuple(float(s) for s in antialias_sigmas(target / native)[::-1])
+    sigmas = antialias_sigmas(target / native)
+    positions = _source_positions(volume.grid, grid)
     if mask is None:
-        smoothed = gaussian_smooth(volume.data[None], sigmas)[0]
+        data = _smooth_and_sample(volume.data[None], sigmas, positions)[0]
     else:
-        weight = gaussian_smooth(mask[None].float(), sigmas)[0]
-        smoothed = gaussian_smooth((volume.data * mask)[None], sigmas)[0] / weight.clamp_min(1e-3)
-    return resample(volume.with_data(smoothed), grid)
+        weight = _smooth_and_sample(mask[None].float(), sigmas, positions)[0]
+        data = _smooth_and_sample((volume.data * mask)[None], sigmas, positions)[0] / weight.clamp_min(1e-3)
+    return Volume(data, np.array(grid.ijk_to_ras, copy=True), dict(volume.meta), volume.kind)
+
+
+def _source_positions(source: geometry.Grid, target: geometry.Grid) -> list[np.ndarray]:
+    """Fractional source indices of the target voxel centres along i, j and k (grids with parallel axes)."""
+    target_to_source = np.linalg.inv(source.ijk_to_ras) @ target.ijk_to_ras
+    return [target_to_source[axis, axis] * np.arange(n, dtype=np.float64) + target_to_source[axis, 3] for axis, n in enumerate(target.shape[::-1])]
+
+
+def _smooth_and_sample(x: torch.Tensor, sigmas_ijk: np.ndarray, positions: list[np.ndarray]) -> torch.Tensor:
+    """``[B, C, K, J, I]`` smoothed and linearly sampled one axis at a time (i, then j, then k): each axis is
+    filtered on a tensor already reduced along the previous ones, which is what makes a large volume cheap
+    to reduce. Separable smoothing and separable linear interpolation give the same result as smoothing
+    in 3D and sampling trilinearly."""
+    for axis, dim in ((0, 4), (1, 3), (2, 2)):
+        if sigmas_ijk[axis] >= MIN_SIGMA_VOX:
+            x = gaussian_along(x, float(sigmas_ijk[axis]), dim)
+        x = fields.interpolate_along(x, dim, torch.as_tensor(positions[axis], device=x.device))
+    return x
 
 
 def build_pyramid(volume: Volume, spacings: Sequence[np.ndarray], mask: Volume | None = None) -> list[Volume]:

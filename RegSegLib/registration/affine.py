@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from RegSegLib import geometry
+from RegSegLib.geometry import Grid
 from RegSegLib.losses import descriptor_distance, make_loss
 from RegSegLib.ops.intensity import robust_scale
 from RegSegLib.ops.mind import mind_ssc
@@ -76,10 +77,17 @@ def _levels_with_enough_voxels(
     )
 
 
-def _auto_spacing(fixed: Volume, max_voxels: float = 2.0e6) -> float:
-    """Base working spacing: the image's finest spacing, coarsened until the grid has at most ``max_voxels`` voxels."""
-    extent = fixed.spacing * np.array(fixed.shape[::-1], dtype=np.float64)
-    return float(max(fixed.spacing.min(), np.cbrt(np.prod(extent) / max_voxels)))
+AUTO_MAX_VOXELS: int = 2_000_000
+"""Voxel budget of the finest affine pyramid level when no working spacing is given."""
+
+
+def base_spacing(fixed: Grid, settings: AffineSettings) -> float:
+    """The finest level's working spacing (mm): the settings' spacing, else the fixed grid's finest spacing,
+    coarsened until an isotropic grid of that spacing over the fixed extent holds at most
+    :data:`AUTO_MAX_VOXELS` voxels."""
+    if settings.spacing is not None:
+        return float(settings.spacing)
+    return float(max(fixed.spacing.min(), np.cbrt(np.prod(fixed.extent_mm) / AUTO_MAX_VOXELS)))
 
 
 def _size_text(extent_mm: np.ndarray) -> str:
@@ -301,7 +309,7 @@ def register_affine(
     progress = progress or Progress()
     torch_device = resolve_device(device)
     progress.update(0.0, "affine: preparing")
-    base = _auto_spacing(fixed) if settings.spacing is None else float(settings.spacing)
+    base = base_spacing(fixed.grid, settings)
     fixed_n = fixed.with_data(robust_scale(fixed.data))
     moving_n = moving.with_data(robust_scale(moving.data))
     fixed_mask_f = None if fixed_mask is None else fixed_mask.with_data((fixed_mask.data[:1] != 0).float(), kind="image")

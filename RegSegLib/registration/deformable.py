@@ -112,6 +112,7 @@ def register_deformable(
     initial: AffineTransform | None = None,
     fixed_mask: Volume | None = None,
     moving_mask: Volume | None = None,
+    grid: Grid | None = None,
     device: str | torch.device = "auto",
     progress: Progress | None = None,
     **options: Any,
@@ -127,6 +128,9 @@ def register_deformable(
         fixed_mask: region of the fixed image where the similarity counts (nonzero = inside), on
             the fixed grid.
         moving_mask: region of the moving image where the similarity counts, on the moving grid.
+        grid: the working grid, on which the field is estimated and returned; ``None``:
+            :func:`working_grid` of the fixed grid. (The registration pipeline passes the working grid of
+            the full-resolution fixed image with reduced copies of the images.)
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         progress: progress reporting and cancellation.
         **options: fields of :class:`DeformableSettings` that override ``settings``.
@@ -150,7 +154,7 @@ def register_deformable(
     dev = resolve_device(device)
     check_deformable_memory(fixed, settings, dev)
     progress.update(0.0, "deformable: preparing images")
-    grid = working_grid(fixed.grid, settings)
+    grid = grid or working_grid(fixed.grid, settings)
     settings = with_search_in_voxels(settings, grid)
     fixed_image, moving_image, weight = _prepare_images(fixed, moving, initial, fixed_mask, moving_mask, grid, settings, dev)
     disp = ENGINES[settings.method](fixed_image, moving_image, weight, settings, progress)

@@ -28,6 +28,11 @@ from RegSegLib.volume import Volume
 
 MAX_GUARD_VOXELS = 300_000
 """Voxels of the coarse grid the guard scores on (the fixed grid when it is smaller)."""
+
+
+def scoring_grid(fixed: Grid) -> Grid:
+    """The grid the guard scores on: the fixed grid coarsened to :data:`MAX_GUARD_VOXELS` voxels."""
+    return fixed.within_voxels(MAX_GUARD_VOXELS)
 TOLERANCE = 0.01
 """Relative worsening of the MIND distance (or drop of the mask Dice) that rolls a stage back; smaller
 changes are within the measure's noise."""
@@ -116,7 +121,7 @@ class Guard:
         device: torch.device | str = "cpu",
     ) -> None:
         self.device = torch.device(device)
-        grid = fixed.grid.within_voxels(MAX_GUARD_VOXELS)
+        grid = scoring_grid(fixed.grid)
         self.grid: Grid = grid
         self.moving = self._first_channel(moving)
         fixed_image = resample(self._first_channel(fixed), grid).data[None]

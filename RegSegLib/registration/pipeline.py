@@ -15,16 +15,19 @@ import time
 from dataclasses import dataclass, field as dataclass_field, replace
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
-from RegSegLib.registration.affine import initial_alignment, register_affine
+from RegSegLib.geometry import Grid
+from RegSegLib.ops.pyramid import downsample
+from RegSegLib.registration.affine import base_spacing, initial_alignment, register_affine
 from RegSegLib.registration.deformable import (
     check_deformable_memory,
     register_deformable,
     with_search_in_voxels,
     working_grid,
 )
-from RegSegLib.registration.guard import Guard, Score, Verdict
+from RegSegLib.registration.guard import Guard, Score, Verdict, scoring_grid
 from RegSegLib.registration.modality import choose_metric
 from RegSegLib.registration.settings import AUTO_METRIC, RegistrationSettings
 from RegSegLib.runtime import Progress, resolve_device
@@ -112,6 +115,33 @@ def _best_start(
     return best
 
 
+def _finest_working_spacing(fixed: Grid, settings: RegistrationSettings, deformable_grid: Grid | None) -> float:
+    """The finest spacing (mm) any stage works at: the affine stage's finest pyramid level, the deformable
+    working grid or the guard's scoring grid."""
+    spacings = [base_spacing(fixed, settings.affine) * min(settings.affine.levels), float(scoring_grid(fixed).spacing.min())]
+    if deformable_grid is not None:
+        spacings.append(float(deformable_grid.spacing.min()))
+    return min(spacings)
+
+
+def _reduced_image(image: Volume, spacing: float) -> Volume:
+    """An image smoothed and resampled to ``spacing`` mm on every axis that is finer
+    (:func:`~RegSegLib.ops.pyramid.downsample`); the image itself when no axis is."""
+    target = np.full(3, spacing)
+    if np.all(image.spacing >= target * (1.0 - 1e-3)):
+        return image
+    return downsample(image.with_data(image.data.float(), kind="image"), target)
+
+
+def _reduced_mask(mask: Volume | None, spacing: float) -> Volume | None:
+    """A mask (nonzero = inside) reduced as :func:`_reduced_image` and thresholded at one half."""
+    if mask is None:
+        return None
+    binary = mask.with_data((mask.data != 0).float(), kind="image")
+    coarse = _reduced_image(binary, spacing)
+    return mask if coarse is binary else coarse.with_data((coarse.data >= 0.5).to(torch.uint8), kind="mask")
+
+
 def register(
     fixed: Volume,
     moving: Volume,
@@ -160,9 +190,14 @@ def register(
     torch_device = resolve_device(device)
     if settings.deformable is not None:  # refuse a working grid that cannot fit before the affine stage runs
         check_deformable_memory(fixed, settings.deformable, torch_device)
+    deformable_grid = None
     if settings.deformable is not None:
-        searched = with_search_in_voxels(settings.deformable, working_grid(fixed.grid, settings.deformable))
-        settings = replace(settings, deformable=searched)
+        deformable_grid = working_grid(fixed.grid, settings.deformable)
+        settings = replace(settings, deformable=with_search_in_voxels(settings.deformable, deformable_grid))
+    # every stage works at or above this spacing: the inputs are smoothed and resampled to it once
+    spacing = _finest_working_spacing(fixed.grid, settings, deformable_grid)
+    fixed, moving = _reduced_image(fixed, spacing), _reduced_image(moving, spacing)
+    fixed_mask, moving_mask = _reduced_mask(fixed_mask, spacing), _reduced_mask(moving_mask, spacing)
     reason = "given"
     if settings.metric == AUTO_METRIC:
         choice = choose_metric(fixed, moving)
@@ -211,6 +246,7 @@ def register(
             initial=affine,
             fixed_mask=fixed_mask,
             moving_mask=moving_mask,
+            grid=deformable_grid,
             device=torch_device,
             progress=progress.sub(affine_share, 1.0 - affine_share),
         )

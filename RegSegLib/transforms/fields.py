@@ -13,7 +13,6 @@ convert to voxel fields with the grid's IJK-to-RAS matrix (:func:`mm_to_voxel`, 
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import torch
@@ -21,23 +20,55 @@ import torch.nn.functional as F
 
 from RegSegLib import geometry
 
-warnings.filterwarnings("ignore", message="Since version 1.3.0, affine_grid behavior has changed for unit-size grids")
-"""A grid axis of one voxel sits at normalised 0, its centre: what :func:`geometry.ijk_to_normalized` says and
-what ``affine_grid`` has done since torch 1.3; its warning about that change says nothing to a user."""
-
-
 @functools.lru_cache(maxsize=8)
 def identity_grid(shape_kji: tuple[int, int, int], device: torch.device | str | None = None) -> torch.Tensor:
     """Normalised coordinates of every voxel, ``[1, K, J, I, 3]`` (cached; do not modify in place)."""
-    theta = torch.eye(3, 4, device=device)[None]
-    k, j, i = shape_kji
-    return F.affine_grid(theta, [1, 1, k, j, i], align_corners=geometry.ALIGN_CORNERS)
+    return affine_sampling_grid(torch.eye(3, 4, device=device), shape_kji)
+
+
+def _normalized_axis(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``grid_sample`` coordinates of the voxels along an axis: ``-1 .. 1``, or ``0`` for a single voxel
+    (as :func:`geometry.ijk_to_normalized` and ``affine_grid`` place it)."""
+    if size == 1:
+        return torch.zeros(1, dtype=dtype, device=device)
+    return torch.linspace(-1.0, 1.0, size, dtype=dtype, device=device)
 
 
 def affine_sampling_grid(theta: torch.Tensor, shape_kji: tuple[int, int, int]) -> torch.Tensor:
-    """Sampling grid ``[1, K, J, I, 3]`` of a normalised-to-normalised affine ``theta`` (``[3, 4]``)."""
+    """Sampling grid ``[1, K, J, I, 3]`` of a normalised-to-normalised affine ``theta`` (``[3, 4]``).
+
+    What ``F.affine_grid`` gives (``align_corners=True``), built as the sum of one broadcast term per axis:
+    several times faster on a CPU, and differentiable in ``theta``. The per-axis terms are computed in
+    ``theta``'s precision, the sum in float32.
+    """
     k, j, i = (int(n) for n in shape_kji)
-    return F.affine_grid(theta.float()[None], [1, 1, k, j, i], align_corners=geometry.ALIGN_CORNERS)
+    axes = [_normalized_axis(n, theta.dtype, theta.device) for n in (i, j, k)]
+    along_i, along_j, along_k = (axis[:, None] * theta[:, column] for column, axis in enumerate(axes))
+    plane = (along_k[:, None, None, :] + along_j[None, :, None, :] + theta[:, 3]).float()
+    return (plane + along_i.float()[None, None, :, :])[None]
+
+
+def interpolate_along(x: torch.Tensor, dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Linear interpolation of ``x`` along one axis at fractional indices (clamped to the axis).
+
+    Args:
+        x: tensor of any shape.
+        dim: the axis.
+        positions: ``[N]`` fractional indices along ``dim``.
+
+    Returns:
+        ``x`` with ``dim`` of size ``N``.
+    """
+    size = x.shape[dim]
+    if size == 1:
+        return x.index_select(dim, torch.zeros(positions.numel(), dtype=torch.long, device=x.device))
+    clamped = positions.to(x.device, torch.float64).clamp(0.0, size - 1.0)
+    below = clamped.floor().long().clamp(max=size - 2)
+    shape = [1] * x.ndim
+    shape[dim] = -1
+    weight = (clamped - below).to(x.dtype).reshape(shape)
+    low, high = x.index_select(dim, below), x.index_select(dim, below + 1)
+    return low.add_((high - low).mul_(weight))
 
 
 def sample(image: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear", padding_mode: str = "border") -> torch.Tensor:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from RegSegLib import geometry
 from RegSegLib.geometry import Grid
 from RegSegLib.transforms import fields
 from RegSegLib.transforms.records import AffineTransform, CompositeTransform, DisplacementField, Transform, compose
 from RegSegLib.volume import Volume
 
+AXIS_TOLERANCE = 1e-6
+"""Two grids have parallel axes when the off-diagonal terms of the voxel-to-voxel map are below this
+fraction of its largest diagonal term."""
 MODES: tuple[str, ...] = ("linear", "nearest")
 """Interpolation modes: ``linear`` for images, ``nearest`` for label maps and masks."""
 
@@ -27,7 +31,8 @@ def moving_grid_coordinates(
 ) -> torch.Tensor:
     """``grid_sample`` coordinates in the moving grid of every reference voxel, ``[1, K, J, I, 3]``.
 
-    Purely affine transforms go through ``affine_grid`` without building world coordinates.
+    Purely affine transforms, and an affine applied after one displacement field (``[affine, field]``, what
+    a registration returns), go through ``affine_grid`` without building world coordinates.
 
     Args:
         transform: fixed-to-moving transform; ``None`` is identity.
@@ -41,9 +46,62 @@ def moving_grid_coordinates(
     if isinstance(simplified, AffineTransform):
         theta = to_moving @ simplified.matrix @ reference.normalized_to_ras()
         return fields.affine_sampling_grid(torch.as_tensor(theta[:3], dtype=torch.float64, device=device), reference.shape)
+    if isinstance(simplified, DisplacementField):
+        return _affine_of_field_coordinates(AffineTransform.identity(), simplified, reference, moving, device)
+    if isinstance(simplified.transforms[-1], DisplacementField) and len(simplified.transforms) == 2:
+        return _affine_of_field_coordinates(simplified.transforms[0], simplified.transforms[1], reference, moving, device)
     points = simplified.transform_points(reference.points_ras(device))
     matrix = torch.as_tensor(to_moving, dtype=torch.float64, device=device)
     return (points.double() @ matrix[:3, :3].T + matrix[:3, 3]).float()[None]
+
+
+def _affine_of_field_coordinates(
+    outer: AffineTransform, field: DisplacementField, reference: Grid, moving: Grid, device: torch.device | str | None
+) -> torch.Tensor:
+    """``grid_sample`` coordinates in ``moving`` of ``outer(x + u(x))`` for every reference voxel, ``[1, K, J, I, 3]``.
+
+    With ``N`` the moving grid's RAS-to-normalised matrix, ``N outer (x + u) = (N outer) x + lin(N outer) u``:
+    an affine sampling grid plus the field read at the reference voxels (:func:`_field_on_grid`) times a
+    3x3 matrix; no world coordinates are built.
+    """
+    displacement = _field_on_grid(field, reference, device)
+    to_moving = moving.ras_to_normalized() @ outer.matrix
+    theta = torch.as_tensor((to_moving @ reference.normalized_to_ras())[:3], device=device)
+    linear = torch.as_tensor(to_moving[:3, :3], dtype=torch.float32, device=device)
+    return fields.affine_sampling_grid(theta, reference.shape) + torch.einsum("rc,ckji->kjir", linear, displacement)[None]
+
+
+def _field_on_grid(field: DisplacementField, reference: Grid, device: torch.device | str | None) -> torch.Tensor:
+    """The field's displacement at every reference voxel, ``[3, K, J, I]`` RAS mm, as
+    :meth:`DisplacementField.displacement_at` reads it: linear inside, the edge value up to half a field voxel
+    outside, zero further out.
+
+    When the two grids' axes are parallel (a field estimated on a coarsened copy of the reference grid) the
+    field is interpolated one axis at a time (:func:`~RegSegLib.transforms.fields.interpolate_along`), else
+    with one ``grid_sample``.
+    """
+    reference_to_field = np.linalg.inv(field.ijk_to_ras) @ reference.ijk_to_ras
+    linear = reference_to_field[:3, :3]
+    diagonal = np.diag(linear)
+    values = field.field.to(device).float()
+    size = np.asarray(field.shape[::-1], dtype=np.float64)
+    if np.abs(linear - np.diag(diagonal)).max() > AXIS_TOLERANCE * np.abs(diagonal).max():
+        to_field = field.grid.ras_to_normalized() @ reference.normalized_to_ras()
+        at_field = fields.affine_sampling_grid(torch.as_tensor(to_field[:3], device=device), reference.shape)
+        normalizer = geometry.ijk_to_normalized(field.shape)
+        scale = torch.as_tensor(np.diag(normalizer)[:3].copy(), device=device)
+        ijk = (at_field.double() - torch.as_tensor(normalizer[:3, 3].copy(), device=device)) / scale
+        inside = ((ijk >= -0.5) & (ijk < torch.as_tensor(size - 0.5, device=device))).all(dim=-1)[0]
+        return fields.sample(values[None], at_field, padding_mode="border")[0] * inside
+    inside = torch.ones((1, 1, 1), dtype=torch.bool, device=device)
+    for axis, dim in ((0, 3), (1, 2), (2, 1)):
+        positions = diagonal[axis] * np.arange(reference.shape[::-1][axis], dtype=np.float64) + reference_to_field[axis, 3]
+        values = fields.interpolate_along(values, dim, torch.as_tensor(positions, device=device))
+        within = torch.as_tensor((positions >= -0.5) & (positions < size[axis] - 0.5), device=device)
+        shape = [1, 1, 1]
+        shape[dim - 1] = -1
+        inside = inside & within.reshape(shape)
+    return values * inside
 
 
 def resample(
