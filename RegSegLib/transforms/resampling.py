@@ -61,47 +61,48 @@ def _affine_of_field_coordinates(
     """``grid_sample`` coordinates in ``moving`` of ``outer(x + u(x))`` for every reference voxel, ``[1, K, J, I, 3]``.
 
     With ``N`` the moving grid's RAS-to-normalised matrix, ``N outer (x + u) = (N outer) x + lin(N outer) u``:
-    an affine sampling grid plus the field read at the reference voxels (:func:`_field_on_grid`) times a
-    3x3 matrix; no world coordinates are built.
+    an affine sampling grid plus ``lin(N outer) u`` read at the reference voxels (:func:`_field_on_grid`; the
+    3x3 matrix is applied on the field's own grid, since it commutes with linear interpolation). No world
+    coordinates are built.
     """
-    displacement = _field_on_grid(field, reference, device)
     to_moving = moving.ras_to_normalized() @ outer.matrix
-    theta = torch.as_tensor((to_moving @ reference.normalized_to_ras())[:3], device=device)
     linear = torch.as_tensor(to_moving[:3, :3], dtype=torch.float32, device=device)
-    return fields.affine_sampling_grid(theta, reference.shape) + torch.einsum("rc,ckji->kjir", linear, displacement)[None]
+    in_moving = torch.einsum("rc,ckji->kjir", linear, field.field.to(device).float())
+    theta = torch.as_tensor((to_moving @ reference.normalized_to_ras())[:3], device=device)
+    return fields.affine_sampling_grid(theta, reference.shape).add_(_field_on_grid(in_moving, field.grid, reference)[None])
 
 
-def _field_on_grid(field: DisplacementField, reference: Grid, device: torch.device | str | None) -> torch.Tensor:
-    """The field's displacement at every reference voxel, ``[3, K, J, I]`` RAS mm, as
-    :meth:`DisplacementField.displacement_at` reads it: linear inside, the edge value up to half a field voxel
-    outside, zero further out.
+def _field_on_grid(values: torch.Tensor, grid: Grid, reference: Grid) -> torch.Tensor:
+    """Channels-last values ``[K', J', I', C]`` on ``grid`` read at every reference voxel, ``[K, J, I, C]``, as
+    :meth:`DisplacementField.displacement_at` reads a field: linear inside, the edge value up to half a voxel
+    outside ``grid``, zero further out.
 
     When the two grids' axes are parallel (a field estimated on a coarsened copy of the reference grid) the
-    field is interpolated one axis at a time (:func:`~RegSegLib.transforms.fields.interpolate_along`), else
+    values are interpolated one axis at a time (:func:`~RegSegLib.transforms.fields.interpolate_along`), else
     with one ``grid_sample``.
     """
-    reference_to_field = np.linalg.inv(field.ijk_to_ras) @ reference.ijk_to_ras
-    linear = reference_to_field[:3, :3]
-    diagonal = np.diag(linear)
-    values = field.field.to(device).float()
-    size = np.asarray(field.shape[::-1], dtype=np.float64)
+    device = values.device
+    reference_to_grid = np.linalg.inv(grid.ijk_to_ras) @ reference.ijk_to_ras
+    linear = reference_to_grid[:3, :3]
+    diagonal = np.diag(linear).copy()
+    size = np.asarray(grid.shape[::-1], dtype=np.float64)
     if np.abs(linear - np.diag(diagonal)).max() > AXIS_TOLERANCE * np.abs(diagonal).max():
-        to_field = field.grid.ras_to_normalized() @ reference.normalized_to_ras()
-        at_field = fields.affine_sampling_grid(torch.as_tensor(to_field[:3], device=device), reference.shape)
-        normalizer = geometry.ijk_to_normalized(field.shape)
+        to_grid = grid.ras_to_normalized() @ reference.normalized_to_ras()
+        at_grid = fields.affine_sampling_grid(torch.as_tensor(to_grid[:3], device=device), reference.shape)
+        normalizer = geometry.ijk_to_normalized(grid.shape)
         scale = torch.as_tensor(np.diag(normalizer)[:3].copy(), device=device)
-        ijk = (at_field.double() - torch.as_tensor(normalizer[:3, 3].copy(), device=device)) / scale
+        ijk = (at_grid.double() - torch.as_tensor(normalizer[:3, 3].copy(), device=device)) / scale
         inside = ((ijk >= -0.5) & (ijk < torch.as_tensor(size - 0.5, device=device))).all(dim=-1)[0]
-        return fields.sample(values[None], at_field, padding_mode="border")[0] * inside
-    inside = torch.ones((1, 1, 1), dtype=torch.bool, device=device)
-    for axis, dim in ((0, 3), (1, 2), (2, 1)):
-        positions = diagonal[axis] * np.arange(reference.shape[::-1][axis], dtype=np.float64) + reference_to_field[axis, 3]
+        sampled = fields.sample(values.permute(3, 0, 1, 2)[None], at_grid, padding_mode="border")[0]
+        return sampled.permute(1, 2, 3, 0) * inside[..., None]
+    inside = np.ones((1, 1, 1), dtype=bool)
+    for axis, dim in ((0, 2), (1, 1), (2, 0)):
+        positions = diagonal[axis] * np.arange(reference.shape[::-1][axis], dtype=np.float64) + reference_to_grid[axis, 3]
         values = fields.interpolate_along(values, dim, torch.as_tensor(positions, device=device))
-        within = torch.as_tensor((positions >= -0.5) & (positions < size[axis] - 0.5), device=device)
         shape = [1, 1, 1]
-        shape[dim - 1] = -1
-        inside = inside & within.reshape(shape)
-    return values * inside
+        shape[dim] = -1
+        inside = inside & ((positions >= -0.5) & (positions < size[axis] - 0.5)).reshape(shape)
+    return values if inside.all() else values * torch.as_tensor(inside[..., None], device=device)
 
 
 def resample(

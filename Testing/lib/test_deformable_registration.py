@@ -67,12 +67,13 @@ def foreground(volume: Volume) -> torch.Tensor:
     return volume.data[0] > 0.1 * float(volume.data.max())
 
 
-@pytest.mark.parametrize(("similarity", "bound_mm"), [("mind", 0.25), ("lncc", 0.3)])
+@pytest.mark.parametrize(("similarity", "bound_mm"), [("mind", 0.25), ("lncc", 0.5)])
 def test_identity_pair_gives_zero_field(brain: Volume, similarity: str, bound_mm: float) -> None:
     """An identical pair stays put to within a small fraction of the 4 mm voxel.
 
     Local NCC's optimum is not exactly the identity in flat regions (its variance guard rewards
-    contrast), hence its slightly larger bound.
+    contrast), hence its larger bound: an eighth of a voxel with the default single averaging pass per
+    Adam step (0.43 mm; three passes, the earlier default, kept it under 0.3 mm but lost Dice on real pairs).
     """
     result = register_deformable(brain, brain, similarity=similarity, device="cpu")
     assert result.shape == brain.shape
@@ -134,7 +135,9 @@ def test_fixed_mask_restricts_the_similarity(brain: Volume) -> None:
     inside, outside = region & half, region & ~half
     far_outside = outside.clone()
     far_outside[:, :, : brain.shape[2] * 3 // 4] = False
-    assert mean_error(masked, truth, inside) < 1.15 * mean_error(unmasked, truth, inside)
+    # inside the mask, as good as without it up to the half-image cut's border effect (1.22x with the
+    # default single averaging pass per Adam step on this smooth synthetic field)
+    assert mean_error(masked, truth, inside) < 1.3 * mean_error(unmasked, truth, inside)
     assert mean_error(masked, truth, far_outside) > 1.5 * mean_error(unmasked, truth, far_outside)
 
 
@@ -204,7 +207,7 @@ def test_search_radius_in_mm_follows_the_working_resolution() -> None:
 
 
 def test_the_regularisation_default_follows_the_similarity() -> None:
-    assert DeformableSettings().resolved_regularisation == 1.0
+    assert DeformableSettings().resolved_regularisation == 0.75
     assert DeformableSettings(similarity="mind").resolved_regularisation == 8.0
     assert DeformableSettings(similarity="mind", regularisation=2.0).resolved_regularisation == 2.0
     from RegSegLib.registration.settings import RegistrationSettings
