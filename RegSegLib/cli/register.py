@@ -159,6 +159,12 @@ def versions() -> dict[str, str]:
 
 def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
     """Registers MOVING to FIXED and writes the result folder."""
+    from RegSegLib.io.prefetch import read_ahead
+
+    inputs = [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.init, args.fixed_labels, args.moving_labels]
+    report(0.0, "reading inputs")
+    read_ahead(inputs)  # while torch and the rest are imported
+
     from RegSegLib.evaluation import evaluate_registration, json_ready, qc_figure
     from RegSegLib.io import read_transform, refuse_overwriting_inputs, write_transform, write_volume
     from RegSegLib.io.checks import read_image, read_labels, read_mask
@@ -170,12 +176,10 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
     if not args.output.strip():  # Path("") is the current folder
         raise InputError("-o/--output", "is empty; name an output folder")
     output = Path(args.output)
-    inputs = [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.init, args.fixed_labels, args.moving_labels]
     refuse_overwriting_inputs([output, *(output / name for name in OUTPUTS)], inputs)
     device = resolve_device(args.device)
     staging = StagingFolder(output, OUTPUTS)
     try:
-        report(0.0, "reading inputs")
         fixed = read_image(args.fixed, args.fixed_channel, "--fixed-channel")
         moving = read_image(args.moving, args.moving_channel, "--moving-channel")
         fixed_mask = read_mask(args.fixed_mask, fixed, args.fixed) if args.fixed_mask else None

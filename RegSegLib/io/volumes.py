@@ -8,6 +8,7 @@ so a failed write leaves nothing half-written.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
 from RegSegLib.io.arrays import check_read_memory, check_real, check_voxel_geometry, dims, torch_friendly
+from RegSegLib.io import prefetch
 from RegSegLib.io.files import atomic_output, check_exists, full_suffix
 from RegSegLib.io.itk_images import read_dicom_series, read_with_sitk
 from RegSegLib.volume import Volume
@@ -68,8 +70,11 @@ def _read_nifti(path: Path) -> Volume:
         # nibabel logs and warns about (and silently fixes) bad headers; the checks below say it in one line
         with LoggingOutputSuppressor(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            image = nib.load(str(path))
-            header = _raw_nifti_header(image, path)  # as stored: the loaded one has vox_offset reset to 0
+            content = prefetch.take(path)
+            image = _nifti_from_bytes(content) if content is not None else None
+            if image is None:
+                image, content = nib.load(str(path)), None
+            header = _raw_nifti_header(image, path, content)  # as stored: the loaded one has vox_offset reset to 0
             _check_nifti_header(header, path)
             affine = np.asarray(image.affine, dtype=np.float64)
             _check_nifti_data_size(header, path)
@@ -126,10 +131,28 @@ def _check_nifti_data_size(header, path: Path) -> None:
     check_read_memory(shape, dtype.itemsize, path)
 
 
-def _raw_nifti_header(image, path: Path):
-    """The header as stored: nibabel's loaded header has bad ``pixdim`` values already replaced."""
+def _nifti_from_bytes(content: bytes):
+    """A single-file NIfTI-1 or NIfTI-2 image parsed from its (inflated) bytes, or ``None`` when the bytes are
+    not one (the file is then read from disk, where nibabel says what is wrong with it)."""
+    import nibabel as nib
+
+    kinds = ((nib.Nifti1Image, 344, b"n+1\0"), (nib.Nifti2Image, 4, b"n+2\0"))
+    for kind, offset, magic in kinds:
+        if content[offset : offset + 4] == magic:
+            try:
+                return kind.from_bytes(content)
+            except Exception:  # nibabel raises many types for corrupt bytes: read the file instead
+                return None
+    return None
+
+
+def _raw_nifti_header(image, path: Path, content: bytes | None = None):
+    """The header as stored (from the bytes read ahead, else from the file): nibabel's loaded header has bad
+    ``pixdim`` values already replaced."""
     from nibabel.openers import ImageOpener
 
+    if content is not None:
+        return type(image.header).from_fileobj(io.BytesIO(content), check=False)
     with ImageOpener(str(path)) as handle:
         return type(image.header).from_fileobj(handle, check=False)
 

@@ -201,7 +201,7 @@ def _adam_refine(
     loss_of = stage_loss(settings.similarity, max(3, settings.lncc_window // step | 1))
 
     def smoothed() -> torch.Tensor:
-        return smooth_average(params, 3, settings.adam_smoothing)
+        return smooth_average(params, 3, settings.resolved_adam_smoothing)
 
     def total_loss() -> torch.Tensor:
         field = smoothed()

@@ -53,7 +53,8 @@ class RegistrationResult:
         settings: the settings actually used (the metric chosen when it was ``auto``, search radii in voxels).
         metric_reason: why the metric was chosen (``"given"`` when the user chose it).
         verdicts: the guard's verdict on each stage, in order.
-        seconds: wall time per stage (``"affine"``, ``"deformable"``, ``"guard"``).
+        seconds: wall time per stage (``"prepare"``: reducing the inputs and choosing the metric,
+            ``"affine"``, ``"deformable"``, ``"guard"``).
     """
 
     transform: Transform
@@ -194,6 +195,7 @@ def register(
     if settings.deformable is not None:
         deformable_grid = working_grid(fixed.grid, settings.deformable)
         settings = replace(settings, deformable=with_search_in_voxels(settings.deformable, deformable_grid))
+    start = time.perf_counter()
     # every stage works at or above this spacing: the inputs are smoothed and resampled to it once
     spacing = _finest_working_spacing(fixed.grid, settings, deformable_grid)
     fixed, moving = _reduced_image(fixed, spacing), _reduced_image(moving, spacing)
@@ -209,7 +211,7 @@ def register(
         if moving_mask is not None:
             moving_mask = resample(moving_mask, fixed, pre, mode="nearest")
     affine_share = 1.0 if settings.method == "affine" else AFFINE_SHARE_OF_DEFORMABLE
-    seconds: dict[str, float] = {"guard": 0.0}
+    seconds: dict[str, float] = {"prepare": time.perf_counter() - start, "guard": 0.0}
 
     start = time.perf_counter()
     guard = Guard(fixed, moving, fixed_mask, moving_mask, torch_device)

@@ -199,7 +199,7 @@ def test_deformable_writes_field_and_itk_reproduces_the_composite(deformable_run
     assert transform.GetNumberOfTransforms() == 2
     _assert_itk_reproduces(out, pair)
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"affine", "deformable", "guard"} <= set(metrics["seconds"])
+    assert {"prepare", "affine", "deformable", "guard"} <= set(metrics["seconds"])
     assert metrics["jacobian"]["folding_fraction"] < 0.01
     assert metrics["dice"]["mean"] > 0.8
     assert metrics["warnings"] == [] and set(metrics["guard"]) == {"affine", "deformable"}

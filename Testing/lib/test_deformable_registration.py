@@ -208,9 +208,13 @@ def test_search_radius_in_mm_follows_the_working_resolution() -> None:
 
 def test_the_regularisation_default_follows_the_similarity() -> None:
     assert DeformableSettings().resolved_regularisation == 0.75
+    assert DeformableSettings().resolved_adam_smoothing == 1
+    assert DeformableSettings(similarity="mind").resolved_adam_smoothing == 3
+    assert DeformableSettings(similarity="mind", adam_smoothing=0).resolved_adam_smoothing == 0
     assert DeformableSettings(similarity="mind").resolved_regularisation == 8.0
     assert DeformableSettings(similarity="mind", regularisation=2.0).resolved_regularisation == 2.0
     from RegSegLib.registration.settings import RegistrationSettings
 
     recorded = RegistrationSettings.create(method="deformable", metric="mind").as_dict()
     assert recorded["deformable"]["regularisation"] == 8.0 and recorded["affine"]["iterations"] == (60, 20, 10)
+    assert recorded["deformable"]["adam_smoothing"] == 3

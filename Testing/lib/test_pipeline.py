@@ -79,7 +79,7 @@ def test_affine_initial_starts_the_affine_stage(stages):
     assert calls["affine"]["settings"].family == "rigid"
     assert "init" not in calls["affine"]
     assert result.transform is found_affine and result.field is None
-    assert set(result.seconds) == {"affine", "guard"}
+    assert set(result.seconds) == {"prepare", "affine", "guard"}
 
 
 def test_initial_with_a_field_is_pre_composed(stages):
@@ -113,7 +113,7 @@ def test_deformable_composes_affine_then_field_and_splits_progress(stages):
     assert result.transform.transforms == [found_affine, found_field]
     assert result.field is found_field and result.affine is found_affine
     assert reported == pytest.approx([0.25, 0.25 + 0.75 * 0.5, 1.0])
-    assert set(result.seconds) == {"affine", "deformable", "guard"}
+    assert set(result.seconds) == {"prepare", "affine", "deformable", "guard"}
     assert result.settings.metric == "mi" and result.metric_reason == "given"
 
 
