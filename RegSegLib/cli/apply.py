@@ -21,18 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
     """Resamples MOVING onto the reference grid through a fixed-to-moving transform."""
-    from RegSegLib.io.prefetch import read_ahead
-
-    report(0.0, "reading inputs")
-    read_ahead([args.moving, args.reference])  # while torch and the rest are imported
-
     from RegSegLib.errors import InputError
-    from RegSegLib.io import read_labels, read_transform, read_volume, refuse_overwriting_inputs, write_volume
-    from RegSegLib.transforms import resample
+    from RegSegLib.io.files import refuse_overwriting_inputs
+    from RegSegLib.io.prefetch import read_ahead
 
     if not args.output.strip():
         raise InputError("-o/--output", "is empty; name the output image file")
     refuse_overwriting_inputs([args.output], [args.transform, args.moving, args.reference])
+    report(0.0, "reading inputs")
+    read_ahead([args.moving, args.reference])  # while torch and the rest are imported
+
+    from RegSegLib.io import read_labels, read_transform, read_volume, write_volume
+    from RegSegLib.transforms import resample
+
     transform = read_transform(args.transform)
     moving = read_labels(args.moving) if args.labels else read_volume(args.moving)
     reference = read_volume(args.reference)

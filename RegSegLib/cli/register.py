@@ -159,27 +159,29 @@ def versions() -> dict[str, str]:
 
 def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
     """Registers MOVING to FIXED and writes the result folder."""
+    from RegSegLib.io.files import refuse_overwriting_inputs
     from RegSegLib.io.prefetch import read_ahead
 
-    inputs = [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.init, args.fixed_labels, args.moving_labels]
-    report(0.0, "reading inputs")
-    read_ahead(inputs)  # while torch and the rest are imported
-
-    from RegSegLib.evaluation import evaluate_registration, json_ready, qc_figure
-    from RegSegLib.io import read_transform, refuse_overwriting_inputs, write_transform, write_volume
-    from RegSegLib.io.checks import read_image, read_labels, read_mask
-    from RegSegLib.registration.pipeline import register
-    from RegSegLib.runtime import Progress, resolve_device
-    from RegSegLib.transforms import CompositeTransform, field_from_transform
-
-    started = time.perf_counter()
     if not args.output.strip():  # Path("") is the current folder
         raise InputError("-o/--output", "is empty; name an output folder")
     output = Path(args.output)
+    inputs = [args.fixed, args.moving, args.fixed_mask, args.moving_mask, args.init, args.fixed_labels, args.moving_labels]
     refuse_overwriting_inputs([output, *(output / name for name in OUTPUTS)], inputs)
-    device = resolve_device(args.device)
     staging = StagingFolder(output, OUTPUTS)
     try:
+        report(0.0, "reading inputs")
+        read_ahead(inputs)  # while torch and the rest are imported
+        imports_started = time.perf_counter()
+
+        from RegSegLib.evaluation import evaluate_registration, json_ready, qc_figure
+        from RegSegLib.io import read_transform, write_transform, write_volume
+        from RegSegLib.io.checks import read_image, read_labels, read_mask
+        from RegSegLib.registration.pipeline import register
+        from RegSegLib.runtime import Progress, resolve_device
+        from RegSegLib.transforms import CompositeTransform, field_from_transform
+
+        device = resolve_device(args.device)
+        started = time.perf_counter()
         fixed = read_image(args.fixed, args.fixed_channel, "--fixed-channel")
         moving = read_image(args.moving, args.moving_channel, "--moving-channel")
         fixed_mask = read_mask(args.fixed_mask, fixed, args.fixed) if args.fixed_mask else None
@@ -239,6 +241,7 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
         report(0.95, "drawing the QC picture")
         qc_figure(fixed, moving, outcome.warped, staging.file("qc.png"))
         metrics["seconds"] = {
+            "imports": started - imports_started,
             "read": read_seconds,
             **result.seconds,
             "write": time.perf_counter() - write_started,
