@@ -8,8 +8,8 @@ mask when one is given). Where the moving image is read outside its field of vie
 empty, so a transform that pushes the anatomy out of view scores badly. When both masks are given,
 the overlap (Dice) of the fixed mask and the moving mask read through the transform is checked too.
 
-A stage whose result scores worse than what it started from by more than :data:`TOLERANCE` (relative)
-is rolled back: the run keeps the previous result and says so in words (:attr:`Verdict.warning`).
+A stage whose result scores worse than what it started from (no tolerance) is rolled back: the run keeps
+the previous result and says so in words (:attr:`Verdict.warning`).
 """
 
 from __future__ import annotations
@@ -29,15 +29,13 @@ from RegSegLib.volume import Volume
 MAX_GUARD_VOXELS = 300_000
 """Voxels of the coarse grid the guard scores on (the fixed grid when it is smaller)."""
 
+FOREGROUND = 0.05
+"""Fixed voxels brighter than this (after robust scaling to [0, 1]) are scored when no fixed mask is given."""
+
 
 def scoring_grid(fixed: Grid) -> Grid:
     """The grid the guard scores on: the fixed grid coarsened to :data:`MAX_GUARD_VOXELS` voxels."""
     return fixed.within_voxels(MAX_GUARD_VOXELS)
-TOLERANCE = 0.01
-"""Relative worsening of the MIND distance (or drop of the mask Dice) that rolls a stage back; smaller
-changes are within the measure's noise."""
-FOREGROUND = 0.05
-"""Fixed voxels brighter than this (after robust scaling to [0, 1]) are scored when no fixed mask is given."""
 
 
 @dataclass(frozen=True)
@@ -53,11 +51,15 @@ class Score:
     mask_dice: float | None = None
 
     def worse_than(self, previous: "Score") -> bool:
-        """Whether this score is worse than ``previous`` beyond :data:`TOLERANCE`."""
-        if self.mind > previous.mind * (1.0 + TOLERANCE):
+        """Whether this score is worse than ``previous``: a larger MIND distance, or a lower mask Dice.
+
+        No tolerance: a run never reports success on a result worse than its start on this measure (a 1 %
+        tolerance kept MR -> US affine stages that had moved the gland away while the speckle-dominated
+        distance rose by 0.1-0.7 %)."""
+        if self.mind > previous.mind:
             return True
         if self.mask_dice is not None and previous.mask_dice is not None:
-            return self.mask_dice < previous.mask_dice - TOLERANCE
+            return self.mask_dice < previous.mask_dice
         return False
 
     def as_dict(self) -> dict[str, float | None]:

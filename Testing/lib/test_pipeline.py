@@ -190,11 +190,15 @@ def test_a_deformable_stage_that_makes_it_worse_is_undone_keeping_the_affine(mon
     assert "the deformable stage made the alignment worse" in result.warnings[0] and "affine result was kept" in result.warnings[0]
 
 
-def test_mask_overlap_that_drops_rolls_a_stage_back():
+def test_any_worsening_rolls_a_stage_back():
+    """No tolerance: a slightly larger MIND distance or a slightly lower mask Dice is worse."""
     better = Score(mind=1.0, mask_dice=0.80)
     assert Score(mind=0.9, mask_dice=0.70).worse_than(better)
-    assert not Score(mind=0.9, mask_dice=0.795).worse_than(better)
-    assert Score(mind=1.02, mask_dice=0.9).worse_than(better)
+    assert Score(mind=0.9, mask_dice=0.795).worse_than(better)
+    assert Score(mind=1.001, mask_dice=0.9).worse_than(better)
+    assert not Score(mind=1.0, mask_dice=0.80).worse_than(better)
+    assert not Score(mind=0.999, mask_dice=0.80).worse_than(better)
+    assert not Score(mind=0.999).worse_than(Score(mind=1.0))
 
 
 def test_split_initial():
