@@ -58,6 +58,13 @@ benchmark pair. MIND: its distance is larger than the local NCC loss, and weight
 folding on prostate MR -> US); 8 gives none."""
 
 
+def _given_or_default(value: Any, table: dict[str, Any], key: str) -> Any:
+    """A setting as given, or when ``None`` the entry of ``table`` for ``key`` (its ``"default"`` otherwise)."""
+    if value is not None:
+        return value
+    return table.get(key, table["default"])
+
+
 @dataclass(frozen=True)
 class AffineSettings(Overridable):
     """The affine engine's settings (:func:`~RegSegLib.registration.affine.register_affine`).
@@ -121,16 +128,12 @@ class AffineSettings(Overridable):
     @property
     def resolved_iterations(self) -> tuple[int, ...]:
         """The iterations used: :attr:`iterations`, or the metric's (:data:`AFFINE_ITERATIONS`)."""
-        if self.iterations is not None:
-            return self.iterations
-        return AFFINE_ITERATIONS.get(self.metric, AFFINE_ITERATIONS["default"])
+        return _given_or_default(self.iterations, AFFINE_ITERATIONS, self.metric)
 
     @property
     def resolved_learning_rate(self) -> float:
         """The Adam step used: :attr:`learning_rate`, or the metric's (:data:`AFFINE_LEARNING_RATES`)."""
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return AFFINE_LEARNING_RATES.get(self.metric, AFFINE_LEARNING_RATES["default"])
+        return _given_or_default(self.learning_rate, AFFINE_LEARNING_RATES, self.metric)
 
     @property
     def resolved_init(self) -> str:
@@ -288,16 +291,12 @@ class DeformableSettings(Overridable):
     @property
     def resolved_regularisation(self) -> float:
         """The smoothness weight used: :attr:`regularisation`, or the similarity's (:data:`DEFORMABLE_REGULARISATION`)."""
-        if self.regularisation is not None:
-            return self.regularisation
-        return DEFORMABLE_REGULARISATION.get(self.similarity, DEFORMABLE_REGULARISATION["default"])
+        return _given_or_default(self.regularisation, DEFORMABLE_REGULARISATION, self.similarity)
 
     @property
     def resolved_adam_smoothing(self) -> int:
         """The averaging passes used: :attr:`adam_smoothing`, or the similarity's (:data:`DEFORMABLE_ADAM_SMOOTHING`)."""
-        if self.adam_smoothing is not None:
-            return self.adam_smoothing
-        return DEFORMABLE_ADAM_SMOOTHING.get(self.similarity, DEFORMABLE_ADAM_SMOOTHING["default"])
+        return _given_or_default(self.adam_smoothing, DEFORMABLE_ADAM_SMOOTHING, self.similarity)
 
     @classmethod
     def from_preset(cls, preset: str = "default", **overrides: Any) -> "DeformableSettings":
