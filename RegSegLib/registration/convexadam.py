@@ -76,20 +76,24 @@ def _cost_volume(fixed_feat: torch.Tensor, moving_feat: torch.Tensor, level: Coa
 
 
 def _coupled_convex(cost: torch.Tensor, candidates: torch.Tensor, settings: DeformableSettings, q: int) -> torch.Tensor:
-    """Coupled convex optimisation over a cost volume ``[N, Kc, Jc, Ic]`` -> voxel field ``[1, 3, Kc, Jc, Ic]``."""
+    """Coupled convex optimisation over a cost volume ``[N, Kc, Jc, Ic]`` -> voxel field ``[1, 3, Kc, Jc, Ic]``.
+
+    Each round takes ``argmin_d cost(d) + alpha ||d - s||^2`` per control point; ``||s||^2`` is the same
+    for every candidate of a point and is left out, so a round is one ``addmm`` and one ``argmin`` over a
+    cells-by-candidates table (each point's candidates contiguous).
+    """
     if settings.cost_smoothing > 0:
         cost = smooth_average(cost[None], 3, settings.cost_smoothing)[0]
     shape = cost.shape[1:]
     cand = candidates / q
-    cand_sq = cand.pow(2).sum(dim=1)[:, None]
-    cost = cost + TIE_BREAK * cand_sq[:, :, None, None]
-    disp = candidates[cost.argmin(dim=0).flatten()].T.reshape(1, 3, *shape)
-    flat_cost = cost.reshape(cost.shape[0], -1)
+    cand_sq = cand.pow(2).sum(dim=1)
+    table = cost.reshape(cost.shape[0], -1).T.contiguous().add_(cand_sq, alpha=TIE_BREAK)
+    disp = candidates[table.argmin(dim=1)].T.reshape(1, 3, *shape)
+    coupled = torch.empty_like(table)
     for alpha in settings.coupling:
         smoothed = smooth_average(disp, 3, 1).reshape(3, -1) / q
-        distance = cand_sq - 2.0 * cand @ smoothed + smoothed.pow(2).sum(dim=0)[None]
-        coupled = torch.addcmul(flat_cost, distance, torch.tensor(alpha, device=cost.device))
-        disp = candidates[coupled.argmin(dim=0)].T.reshape(1, 3, *shape)
+        torch.add(table, cand_sq, alpha=alpha, out=coupled).addmm_(smoothed.T, cand.T, alpha=-2.0 * alpha)
+        disp = candidates[coupled.argmin(dim=1)].T.reshape(1, 3, *shape)
     return smooth_average(disp, 3, 1)
 
 
