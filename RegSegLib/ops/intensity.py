@@ -40,14 +40,23 @@ def robust_range(
 
 def _quantile(values: torch.Tensor, q: float) -> float:
     """The ``q`` quantile of a 1D tensor, interpolated linearly between order statistics as
-    ``torch.quantile`` does, found by selection (``kthvalue``) rather than a full sort."""
-    position = q * (values.numel() - 1)
+    ``torch.quantile`` does.
+
+    The two order statistics come from the shorter tail (``topk``, sorted): for the extreme
+    quantiles of an intensity window that is a few hundred values, several times faster than
+    selecting each one (``kthvalue``) from the whole tensor.
+    """
+    n = values.numel()
+    position = q * (n - 1)
     below = int(position)
-    value = float(values.kthvalue(below + 1).values)
-    fraction = position - below
-    if fraction > 0.0:
-        value += fraction * (float(values.kthvalue(below + 2).values) - value)
-    return value
+    above = min(below + 1, n - 1)
+    if above + 1 <= n - below:
+        tail = values.topk(above + 1, largest=False).values
+        first, second = float(tail[below]), float(tail[above])
+    else:
+        tail = values.topk(n - below, largest=True).values
+        first, second = float(tail[n - 1 - below]), float(tail[n - 1 - above])
+    return first + (position - below) * (second - first)
 
 
 def robust_scale(data: torch.Tensor, low: float = 0.005, high: float = 0.995) -> torch.Tensor:
