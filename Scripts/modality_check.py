@@ -1,10 +1,12 @@
-"""Prints the coarse correlation ``--metric auto`` decides with, for pairs of ../shared/data.
+"""Prints the coarse correlations ``--metric auto`` decides with, for pairs of ../shared/data.
 
     python Scripts/modality_check.py [--data ../shared/data]
 
 Same-modality pairs (brain T1, lung vessel masks, prostate MR-MR and US-US of different patients) and
-different-modality pairs (prostate MR-US, T2-DWI, abdominal CT-MR); the threshold is
-:data:`RegSegLib.registration.modality.SAME_MODALITY_NCC`.
+different-modality pairs (prostate MR-US, T2-DWI, abdominal CT-MR), and a prostate T2 against copies of
+itself moved as in benchmark suite 4; the thresholds are
+:data:`RegSegLib.registration.modality.SAME_MODALITY_NCC` (centred) and
+:data:`~RegSegLib.registration.modality.ALIGNED_SAME_MODALITY_NCC` (after the quick rigid alignment).
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from RegSegLib.io.checks import read_image
-from RegSegLib.registration.modality import SAME_MODALITY_NCC, centred_correlation
+from RegSegLib.registration.modality import choose_metric
+from RegSegLib.testing.known_transforms import synthetic_affine_pair
+from RegSegLib.volume import Volume
+
+MOVED_COPIES = 4
+"""Moved copies of the prostate T2 (random affines of up to 15 degrees, 15 mm and 10 % scale)."""
 
 
 def pairs(data: Path) -> list[tuple[str, bool, Path, Path]]:
-    """(name, same modality, fixed, moving) for the pairs checked."""
+    """(name, same modality, fixed, moving) for the pairs of files checked."""
     prostate = data / "prostate-mr-us"
     found = [("brain T1-T1", True, data / "brain-mr/subject_a_t1.nii.gz", data / "brain-mr/subject_b_t1.nii.gz")]
     for case in range(27):
@@ -36,15 +45,27 @@ def pairs(data: Path) -> list[tuple[str, bool, Path, Path]]:
     return found
 
 
+def moved_copies(data: Path) -> list[tuple[str, bool, Volume, Volume]]:
+    """(name, True, fixed, moving): the prostate T2 (moving) against copies of itself moved by random affines."""
+    t2 = read_image(str(data / "prostate-t2-dwi/test_0000_t2_tse_tra_4.nii.gz"))
+    found = []
+    for trial in range(MOVED_COPIES):
+        moved, _ = synthetic_affine_pair(t2, "affine", np.random.default_rng(trial), max_rot_deg=15.0, max_shift_mm=15.0, max_scale=0.1)
+        found.append((f"prostate T2, moved copy {trial}", True, moved, t2))
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/data")
     args = parser.parse_args()
-    print(f"| pair | modalities | correlation | auto decides |\n|---|---|---|---|")
-    for name, same, fixed, moving in pairs(args.data):
-        value = centred_correlation(read_image(str(fixed)), read_image(str(moving)))
-        decided = "same" if value >= SAME_MODALITY_NCC else "different"
-        print(f"| {name} | {'same' if same else 'different'} | {value:.3f} | {decided} |", flush=True)
+    print("| pair | modalities | centred correlation | after quick rigid alignment | auto decides |\n|---|---|---|---|---|")
+    read = [(name, same, read_image(str(fixed)), read_image(str(moving))) for name, same, fixed, moving in pairs(args.data)]
+    for name, same, fixed, moving in read + moved_copies(args.data):
+        choice = choose_metric(fixed, moving)
+        aligned = "–" if choice.aligned_correlation is None else f"{choice.aligned_correlation:.3f}"
+        decided = "same" if choice.same_modality else "different"
+        print(f"| {name} | {'same' if same else 'different'} | {choice.correlation:.3f} | {aligned} | {decided} |", flush=True)
 
 
 if __name__ == "__main__":
