@@ -43,11 +43,13 @@ from RegSegLib.errors import InputError
 from RegSegLib.io.arrays import check_voxel_geometry
 from RegSegLib.io.files import atomic_output, full_suffix
 from RegSegLib.io.itk_hdf5 import ItkTransformPart, write_itk_hdf5
+from RegSegLib.io.itk_text import write_itk_text
 from RegSegLib.io.itk_images import itk_error_reason
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField
 
 TRANSFORM_FILE_SUFFIXES = (".tfm", ".txt", ".h5", ".hdf5", ".mat")
 HDF5_SUFFIXES = (".h5", ".hdf5")
+TEXT_SUFFIXES = (".tfm", ".txt")
 FIELD_READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 FIELD_WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 NIFTI_INTENT_DISPVECT = 1006
@@ -138,17 +140,21 @@ def write_transform(transform: AnyTransform, path: str | os.PathLike) -> None:
     Raises:
         InputError: unsupported suffix, a transform kind the format cannot hold, or an unwritable folder.
     """
-    import SimpleITK as sitk
-
     path = Path(path)
     suffix = full_suffix(path)
+    composite = isinstance(transform, CompositeTransform)
+    flat = transform.flattened() if composite else [transform]
     if suffix in HDF5_SUFFIXES:
-        composite = isinstance(transform, CompositeTransform)
-        parts = [_itk_part(part) for part in (transform.flattened() if composite else [transform])]
         with atomic_output(path) as temp:
-            write_itk_hdf5(parts, temp, composite)
+            write_itk_hdf5([_itk_part(part) for part in flat], temp, composite)
+        return
+    if suffix in TEXT_SUFFIXES and all(isinstance(part, AffineTransform) for part in flat):
+        with atomic_output(path) as temp:
+            write_itk_text([_itk_part(part) for part in flat], temp, composite)
         return
     if suffix in TRANSFORM_FILE_SUFFIXES:
+        import SimpleITK as sitk
+
         itk_transform = to_sitk_transform(transform)
         with atomic_output(path) as temp:
             sitk.WriteTransform(itk_transform, temp)

@@ -419,3 +419,24 @@ def test_slicer_reads_translation_with_its_sign(tmp_path, mrml, axis, kind, suff
     node = load_transform_node(mrml, mrml.vtkMRMLScene(), path)
     np.testing.assert_allclose(node.GetTransformFromParent().TransformPoint((0.0, 0.0, 0.0)), shift, atol=1e-6)
     np.testing.assert_allclose(node.GetTransformToParent().TransformPoint(tuple(shift)), np.zeros(3), atol=1e-3)
+
+
+@pytest.mark.parametrize("suffix", [".tfm", ".txt"])
+def test_affine_text_files_written_without_itk_read_back_exactly_by_simpleitk(tmp_path, suffix):
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation_about("z", 17.0) @ rotation_about("x", -11.0) @ np.diag([1.1, 0.95, 1.02])
+    matrix[:3, 3] = [5.0, -3.0, 2.0 / 3.0]
+    first = AffineTransform(matrix)
+    second_matrix = np.eye(4)
+    second_matrix[:3, :3] = rotation_about("y", -8.0)
+    second = AffineTransform(second_matrix)
+    points = torch.tensor([[10.0, -20.0, 30.0], [-45.5, 12.25, 0.1]], dtype=torch.float64)
+    for transform in (first, CompositeTransform([first, second])):
+        path = tmp_path / f"written{suffix}"
+        write_transform(transform, path)
+        assert path.read_text().startswith("#Insight Transform File V1.0\n#Transform 0\n")
+        itk = sitk.ReadTransform(str(path))
+        lps = [itk.TransformPoint(tuple(p)) for p in geometry.ras_to_lps_points(points.numpy())]
+        np.testing.assert_allclose(geometry.lps_to_ras_points(np.array(lps)), transform.transform_points(points).numpy(), atol=1e-9)
+    affine = sitk.AffineTransform(sitk.ReadTransform(str(tmp_path / f"written{suffix}")).GetNthTransform(1))
+    assert affine.GetMatrix() == tuple(geometry.ras_to_lps_matrix(second.matrix)[:3, :3].reshape(-1))
