@@ -25,8 +25,8 @@ were written.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
+import os
 import pkgutil
 import signal
 import sys
@@ -139,13 +139,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_and_exit() -> None:
     """The process entry point (``regseg``, ``python -m RegSegLib``): :func:`main`, then exit with its code.
 
-    Before the interpreter shuts down, every object is moved out of the garbage collector's reach
-    (``gc.freeze``): the outputs are already closed and in place, and the collection passes of the
-    shutdown (about a second once torch is imported) would only free memory the process gives back anyway.
+    The process ends without the interpreter's shutdown (``os._exit`` once standard output and error are
+    flushed): the outputs are already closed and in place, and the shutdown (0.2-0.4 s once torch is
+    imported: module teardown and garbage collection) would only free memory the process gives back anyway.
     """
     code = main()
-    gc.freeze()
-    sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that has gone, a stream already closed
+            pass
+    os._exit(code)
 
 
 def _stdout_closed() -> bool:
