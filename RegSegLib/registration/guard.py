@@ -26,8 +26,10 @@ from RegSegLib.ops.pyramid import downsample
 from RegSegLib.transforms import Transform, resample
 from RegSegLib.volume import Volume
 
-MAX_GUARD_VOXELS = 300_000
-"""Voxels of the coarse grid the guard scores on (the fixed grid when it is smaller)."""
+MAX_GUARD_VOXELS = 150_000
+"""Voxels of the coarse grid the guard scores on (the fixed grid when it is smaller). Half the 300 000 used
+before: every decision stayed the same on the brain pair, four lung training pairs and the 22 MR -> US
+training pairs, in half the time (0.3 s of a 2 mm brain run)."""
 
 FOREGROUND = 0.05
 """Fixed voxels brighter than this (after robust scaling to [0, 1]) are scored when no fixed mask is given."""

@@ -16,7 +16,7 @@ smoothed to a coarse grid (about :data:`CHECK_VOXELS` voxels). It is measured tw
 2. below that, after a quick rigid alignment by NCC on a coarse grid (:data:`QUICK_ALIGNMENT`, a
    fraction of a second): an image against a moved copy of itself, or a rescan with the same protocol,
    is rotated and shifted too far for the first test (a prostate T2 against itself rotated by up to 15
-   degrees: 0.12-0.54) but correlates almost perfectly once aligned (0.82-0.99), while NCC can only
+   degrees: 0.08-0.54) but correlates almost perfectly once aligned (0.82-0.99), while NCC can only
    squeeze a loose correlation out of two modalities (prostate MR-US 0.33-0.74, T2-DWI 0.22, CT-MR
    0.33). At or above :data:`ALIGNED_SAME_MODALITY_NCC` the pair shares a modality.
 
