@@ -67,7 +67,7 @@ def similarity_report(
     moving_smoothed = _first_smoothed(moving, grid)
     mask = None if fixed_mask is None else (resample(fixed_mask, grid, mode="nearest").data[:1] != 0).float()[None]
     name, higher_is_better = METRICS[metric]
-    reusable = warped is not None and grid.same_as(fixed.grid) and moving_smoothed.data.data_ptr() == moving.data.data_ptr()
+    reusable = warped is not None and grid.same_as(fixed.grid) and moving_smoothed.grid.same_as(moving.grid)
     after = warped.data[:1].float() if reusable else resample(moving_smoothed, grid, transform).data
     values = {
         "before": similarity(fixed_scaled, robust_scale(resample(moving_smoothed, grid).data)[None], metric, mask),

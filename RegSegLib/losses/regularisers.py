@@ -7,6 +7,10 @@ import torch
 PENALTIES: tuple[str, ...] = ("diffusion", "bending")
 
 
+_AXES = (2, 3, 4)
+"""The spatial axes ``K, J, I`` of a ``[B, 3, K, J, I]`` field."""
+
+
 class _Diffusion(torch.autograd.Function):
     """``sum_axes mean((u[x+1] - u[x])^2)`` over the last three axes with a hand-written gradient.
 
@@ -38,9 +42,6 @@ class _Diffusion(torch.autograd.Function):
                 grad.narrow(dim, 1, size - 1).add_(step)
                 grad.narrow(dim, 0, size - 1).sub_(step)
         return grad.mul_(grad_output)
-
-
-_AXES = (2, 3, 4)
 
 
 def diffusion(disp: torch.Tensor) -> torch.Tensor:

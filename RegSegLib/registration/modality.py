@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from RegSegLib import geometry
+from RegSegLib.geometry import Grid
 from RegSegLib.losses.image import global_ncc
 from RegSegLib.ops.intensity import robust_scale
 from RegSegLib.ops.pyramid import downsample
@@ -94,58 +95,64 @@ class MetricChoice:
         return f"{measured}, so {kind}: {self.affine} (affine), {self.deformable} (deformable)"
 
 
-def coarse_correlation(fixed: Volume, moving: Volume, transform: AffineTransform) -> float:
-    """Normalised cross-correlation of the two images on a coarse copy of the fixed grid.
+@dataclass(frozen=True)
+class CoarsePair:
+    """The two images robustly scaled and smoothed for a coarse copy of the fixed grid (about
+    :data:`CHECK_VOXELS` voxels), made once and correlated through several transforms.
 
-    Args:
-        fixed: the fixed image (first channel used).
-        moving: the moving image (first channel used), read through ``transform``.
-        transform: fixed-to-moving mapping.
-
-    Returns:
-        NCC in [-1, 1] over the coarse fixed grid (about :data:`CHECK_VOXELS` voxels), both images robustly
-        scaled and smoothed for it.
+    Attributes:
+        grid: the coarse grid.
+        fixed: the fixed image's first channel, scaled, smoothed and resampled on ``grid``.
+        moving: the moving image's first channel, scaled and smoothed for ``grid``'s spacing.
     """
-    grid = fixed.grid.within_voxels(CHECK_VOXELS)
-    images = []
-    for volume in (fixed, moving):
-        scaled = volume.with_data(robust_scale(volume.data[:1]), kind="image")
-        images.append(downsample(scaled, grid.spacing))
-    fixed_coarse = resample(images[0], grid).data[None]
-    moving_coarse = resample(images[1], grid, transform).data[None]
-    return float(global_ncc(fixed_coarse, moving_coarse))
+
+    grid: Grid
+    fixed: Volume
+    moving: Volume
+
+    @classmethod
+    def of(cls, fixed: Volume, moving: Volume) -> "CoarsePair":
+        grid = fixed.grid.within_voxels(CHECK_VOXELS)
+        images = []
+        for volume in (fixed, moving):
+            scaled = volume.with_data(robust_scale(volume.data[:1]), kind="image")
+            images.append(downsample(scaled, grid.spacing))
+        return cls(grid, resample(images[0], grid), images[1])
+
+    def correlation(self, transform: AffineTransform) -> float:
+        """NCC in [-1, 1] over the coarse grid, the moving image read through the fixed-to-moving ``transform``."""
+        moving = resample(self.moving, self.grid, transform).data[None]
+        return float(global_ncc(self.fixed.data[None], moving))
 
 
-def centred_correlation(fixed: Volume, moving: Volume) -> float:
-    """:func:`coarse_correlation` with the two grid centres put together."""
-    centring = np.eye(4)
-    centring[:3, 3] = geometry.grid_centre_ras(moving.ijk_to_ras, moving.shape) - geometry.grid_centre_ras(
+def centring(fixed: Volume, moving: Volume) -> AffineTransform:
+    """The translation that puts the two grid centres together (fixed to moving)."""
+    matrix = np.eye(4)
+    matrix[:3, 3] = geometry.grid_centre_ras(moving.ijk_to_ras, moving.shape) - geometry.grid_centre_ras(
         fixed.ijk_to_ras, fixed.shape
     )
-    return coarse_correlation(fixed, moving, AffineTransform(centring))
+    return AffineTransform(matrix)
 
 
-def aligned_correlation(fixed: Volume, moving: Volume) -> float | None:
-    """:func:`coarse_correlation` after a quick rigid NCC alignment (:data:`QUICK_ALIGNMENT`).
-
-    Returns:
-        The correlation, or ``None`` when the fixed image is too small for the alignment's coarse level.
-    """
+def quick_rigid(fixed: Volume, moving: Volume) -> AffineTransform | None:
+    """The quick rigid NCC alignment of the second test (:data:`QUICK_ALIGNMENT`), or ``None`` when the
+    fixed image is too small for its coarse level."""
     first = [volume.with_data(volume.data[:1].float(), kind="image") for volume in (fixed, moving)]
     try:
-        rigid = register_affine(*first, QUICK_ALIGNMENT, device=fixed.data.device)
+        return register_affine(*first, QUICK_ALIGNMENT, device=fixed.data.device)
     except SettingsError:
         return None
-    return coarse_correlation(fixed, moving, rigid)
 
 
 def choose_metric(fixed: Volume, moving: Volume) -> MetricChoice:
     """The similarity measures for registering ``moving`` to ``fixed`` (see the module's description)."""
-    correlation = centred_correlation(fixed, moving)
+    coarse = CoarsePair.of(fixed, moving)
+    correlation = coarse.correlation(centring(fixed, moving))
     aligned = None
     same = correlation >= SAME_MODALITY_NCC
     if not same:
-        aligned = aligned_correlation(fixed, moving)
+        rigid = quick_rigid(fixed, moving)
+        aligned = None if rigid is None else coarse.correlation(rigid)
         same = aligned is not None and aligned >= ALIGNED_SAME_MODALITY_NCC
     affine, deformable = SAME_MODALITY if same else CROSS_MODALITY
     return MetricChoice(affine, deformable, correlation, same, aligned)

@@ -187,20 +187,6 @@ def upsample_cells(disp: torch.Tensor, factor: int, shape: tuple[int, int, int])
     return out[:, :, : shape[0], : shape[1], : shape[2]]
 
 
-def _central_difference(u: torch.Tensor, dim: int, out: torch.Tensor) -> None:
-    """Writes the derivative of ``u`` along ``dim`` per voxel into ``out`` (central inside, one-sided at
-    the two ends, as ``torch.gradient``; zero along an axis of one voxel)."""
-    size = u.shape[dim]
-    if size < 2:
-        return
-    torch.sub(u.narrow(dim, 1, 1), u.narrow(dim, 0, 1), out=out.narrow(dim, 0, 1))
-    torch.sub(u.narrow(dim, size - 1, 1), u.narrow(dim, size - 2, 1), out=out.narrow(dim, size - 1, 1))
-    if size > 2:
-        inner = out.narrow(dim, 1, size - 2)
-        torch.sub(u.narrow(dim, 2, size - 2), u.narrow(dim, 0, size - 2), out=inner)
-        inner.mul_(0.5)
-
-
 def jacobian_determinant(field: torch.Tensor, ijk_to_ras: np.ndarray) -> torch.Tensor:
     """Jacobian determinant of ``x -> x + u(x)`` by central differences in world space, ``[K, J, I]``.
 
@@ -214,7 +200,8 @@ def jacobian_determinant(field: torch.Tensor, ijk_to_ras: np.ndarray) -> torch.T
     u = field.double()
     grads = torch.zeros(3, 3, *u.shape[1:], dtype=torch.float64, device=u.device)
     for axis_index, dim in zip((0, 1, 2), (3, 2, 1)):
-        _central_difference(u, dim, out=grads[:, axis_index])
+        if u.shape[dim] > 1:
+            grads[:, axis_index] = torch.gradient(u, dim=dim)[0]
     index_to_world = torch.as_tensor(np.asarray(ijk_to_ras)[:3, :3], dtype=torch.float64, device=u.device)
     world_to_index = torch.linalg.inv(index_to_world)
     # du/dx_world = du/dijk @ dijk/dx_world, kept as [3, 3, K, J, I]; the determinant by cofactors
