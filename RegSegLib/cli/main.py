@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in commands():
         sub = subparsers.add_parser(module.COMMAND, parents=[common], help=module.HELP, description=module.DESCRIPTION)
         module.add_arguments(sub)
-        sub.set_defaults(module=module)
+        sub.set_defaults(module=module, command_parser=sub)
     return parser
 
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if hasattr(args.module, "check"):
-            args.module.check(parser, args)
+            args.module.check(args.command_parser, args)  # errors show the command's own usage
     except SystemExit as exc:
         return int(exc.code or 0)
     verbose = getattr(args, "verbose", False)

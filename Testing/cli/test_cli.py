@@ -509,5 +509,5 @@ def test_advanced_settings_reach_the_engines(pair, tmp_path):
 )  # fmt: skip
 def test_bad_advanced_settings_exit_2(pair, tmp_path, options, capsys):
     assert cli.main(["register", pair["fixed"], pair["moving"], "-o", str(tmp_path / "out"), *options]) == 2
-    assert "usage" in capsys.readouterr().err
+    assert "usage: regseg register" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
