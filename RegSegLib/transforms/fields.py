@@ -197,16 +197,15 @@ def jacobian_determinant(field: torch.Tensor, ijk_to_ras: np.ndarray) -> torch.T
     Returns:
         ``[K, J, I]`` float32 determinant; values ``<= 0`` mark folding.
     """
-    u = field.double()
-    grads = torch.zeros(3, 3, *u.shape[1:], dtype=torch.float64, device=u.device)
+    index_to_world = np.asarray(ijk_to_ras, dtype=np.float64)[:3, :3]
+    # with G = du/dijk and W = index_to_world, the Jacobian is I + G W^-1 = (W + G) W^-1: its determinant is
+    # det(W + G) / det(W), by cofactors from the columns of W + G (no world-space matrix product)
+    u = field.float()
+    columns = []
     for axis_index, dim in zip((0, 1, 2), (3, 2, 1)):
-        if u.shape[dim] > 1:
-            grads[:, axis_index] = torch.gradient(u, dim=dim)[0]
-    index_to_world = torch.as_tensor(np.asarray(ijk_to_ras)[:3, :3], dtype=torch.float64, device=u.device)
-    world_to_index = torch.linalg.inv(index_to_world)
-    # du/dx_world = du/dijk @ dijk/dx_world, kept as [3, 3, K, J, I]; the determinant by cofactors
-    jac = torch.matmul(world_to_index.T, grads.reshape(3, 3, -1)).reshape(grads.shape)
-    for axis in range(3):
-        jac[axis, axis] += 1.0
-    (a, b, c), (d, e, f), (g, h, i) = jac
-    return (a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)).float()
+        column = torch.gradient(u, dim=dim)[0] if u.shape[dim] > 1 else torch.zeros_like(u)
+        base = torch.as_tensor(index_to_world[:, axis_index], dtype=column.dtype, device=column.device)
+        columns.append(column.add_(base.view(3, 1, 1, 1)))
+    (a, d, g), (b, e, h), (c, f, i) = columns
+    scale = 1.0 / float(np.linalg.det(index_to_world))
+    return (a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)).mul_(scale)

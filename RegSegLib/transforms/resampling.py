@@ -133,6 +133,9 @@ def resample(
         mode = "linear" if moving.kind == "image" else "nearest"
     if mode not in MODES:
         raise ValueError(f"unknown interpolation mode {mode!r}; use 'linear' or 'nearest'")
+    if transform is None and moving.grid.same_as(grid):  # every voxel centre is read where it lies
+        data = moving.data if moving.is_integer else moving.data.float()
+        return Volume(data.clone(), np.array(grid.ijk_to_ras, copy=True), dict(moving.meta), moving.kind)
     device = moving.data.device
     coordinates = moving_grid_coordinates(transform, grid, moving.grid, device)
     data = moving.data.float() - padding_value

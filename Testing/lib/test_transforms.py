@@ -95,7 +95,7 @@ def test_integrate_rotation_velocity_is_rotation():
 
 
 def test_jacobian_determinant_of_linear_field_is_det():
-    ijk_to_ras = make_ijk_to_ras("identity", (1.0, 2.0, 1.5), origin=(1.0, 2.0, 3.0))
+    ijk_to_ras = make_ijk_to_ras("flipped", (1.0, 2.0, 1.5), origin=(1.0, 2.0, 3.0))
     linear = np.array([[1.1, 0.05, 0.0], [-0.02, 0.95, 0.1], [0.03, 0.0, 1.2]])
     field = linear_field(linear, np.zeros(3), ijk_to_ras, (8, 9, 10))
     determinant = jacobian_determinant(field)
@@ -144,6 +144,17 @@ def test_resample_with_field_equals_resample_with_the_transform_it_samples(make_
     direct = resample(moving, moving, transform).data
     through_field = resample(moving, moving, field).data
     torch.testing.assert_close(through_field, direct, atol=1e-3 * float(moving.data.abs().max()), rtol=0)
+
+
+def test_resample_onto_its_own_grid_is_an_exact_copy(make_volume):
+    image = make_volume((6, 7, 8), make_ijk_to_ras("oblique"), texture=True)
+    labels = make_volume((6, 7, 8), make_ijk_to_ras("oblique"), dtype=torch.int16)
+    for volume in (image, labels):
+        copy = resample(volume, volume)
+        assert copy.data.dtype == (torch.float32 if volume is image else torch.int16)
+        torch.testing.assert_close(copy.data, volume.data.to(copy.data.dtype), atol=0, rtol=0)
+        copy.data.add_(1)
+        assert not torch.equal(copy.data, volume.data.to(copy.data.dtype))  # a copy, not the input's storage
 
 
 def test_resample_keeps_label_dtype(make_volume):
