@@ -3,7 +3,7 @@
     Slicer --no-splash --no-main-window --python-script Scripts/slicer_register.py \\
         --fixed F --moving M --output-dir D [--method affine|deformable] [--transform rigid|...|affine] \\
         [--metric M] [--device auto|cpu|cuda] [--install-dependencies] \\
-        [--levels 4,2,1] [--iterations 60,20,10] [--deformable-iterations 12,8] [--regularisation W] \\
+        [--levels 4,2,1] [--iterations 60,20,10] [--deformable-iterations 12,6] [--regularisation W] \\
         [--preset default|large-motion] [--spacing MM]
 
 Writes ``D/transform.h5`` (the output transform node: fixed -> moving, "transform from parent"),
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     advanced = parser.add_argument_group("advanced settings (as in regseg register; default: the engine's)")
     advanced.add_argument("--levels", default="", metavar="4,2,1", help="affine pyramid factors, coarse to fine")
     advanced.add_argument("--iterations", default="", metavar="60,20,10", help="affine iterations per level")
-    advanced.add_argument("--deformable-iterations", default="", metavar="12,8", help="deformable Adam iterations")
+    advanced.add_argument("--deformable-iterations", default="", metavar="12,6", help="deformable Adam iterations")
     advanced.add_argument("--regularisation", type=float, default=None, metavar="W", help="deformable smoothness weight")
     advanced.add_argument("--preset", choices=tuple(settings.PRESETS), default="default", help="deformable preset")
     advanced.add_argument("--spacing", type=float, default=None, metavar="MM", help="deformable working resolution")

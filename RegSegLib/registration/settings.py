@@ -206,7 +206,9 @@ class DeformableSettings(Overridable):
         diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring.
         spacing_mm: isotropic working resolution; ``None``: the fixed grid when it holds at most
             ``max_working_voxels`` voxels, else the isotropic spacing that gives about that many.
-        max_working_voxels: voxel budget of the automatic working resolution.
+        max_working_voxels: voxel budget of the automatic working resolution. Two million: on the ten lung
+            training pairs the vessel overlap rose from 0.796 to 0.803 (label 2) against one million, for
+            about 3 s more on a 28 M-voxel pair; the 2 mm brain (0.9 M voxels) is not reduced either way.
         search_shrink: the discrete search runs on the working grid shrunk by this factor.
         coarse_levels: ConvexAdam discrete levels, coarse to fine; by default two searches of 16 mm then
             8 mm radius (breathing motion: 25-32 mm of capture on lung CT at a 2.3-2.9 mm working grid).
@@ -217,7 +219,9 @@ class DeformableSettings(Overridable):
         adam_step: grid step in working voxels of the Adam stage.
         adam_iterations: Adam iterations (ConvexAdam) or per pyramid level (grid).
         fine_iterations: Adam iterations of ConvexAdam's last stage on the full working grid
-            (0 skips it; only used when ``adam_step`` > 1).
+            (0 skips it; only used when ``adam_step`` > 1). Six: the same brain Dice as eight (0.711 and
+            0.710) and the same prostate MR -> US training Dice (0.603 and 0.604) in a quarter less time;
+            the lung training pairs lose 0.003 of vessel overlap, less than the larger working grid gains.
         adam_lr: Adam learning rate in grid voxels.
         adam_smoothing: 3x3x3 averaging passes over the grid at every iteration; ``None``: the
             similarity's (:attr:`resolved_adam_smoothing`).
@@ -238,7 +242,7 @@ class DeformableSettings(Overridable):
     similarity: str = DEFAULT_DEFORMABLE_SIMILARITY
     diffeomorphic: bool = False
     spacing_mm: float | None = None
-    max_working_voxels: int = 1_000_000
+    max_working_voxels: int = 2_000_000
     search_shrink: int = 2
     coarse_levels: tuple[CoarseLevel, ...] = (
         CoarseLevel(step=2, quantisation=1, radius_mm=16.0),
@@ -250,7 +254,7 @@ class DeformableSettings(Overridable):
     inverse_iterations: int = 15
     adam_step: int = 2
     adam_iterations: int = 12
-    fine_iterations: int = 8
+    fine_iterations: int = 6
     adam_lr: float = 1.0
     adam_smoothing: int | None = None
     regularisation: float | None = None

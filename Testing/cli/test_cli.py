@@ -477,7 +477,7 @@ def test_cli_choices_and_defaults_come_from_the_settings():
     assert tuple(options["metric"].choices) == settings.METRIC_CHOICES and options["metric"].default == "auto"
     assert tuple(options["preset"].choices) == tuple(settings.PRESETS)
     assert options["levels"].metavar == "4,2,1" and options["iterations"].metavar == "60,20,10"
-    assert options["deformable_iterations"].metavar == "12,8"
+    assert options["deformable_iterations"].metavar == "12,6"
 
 
 def test_advanced_settings_reach_the_engines(pair, tmp_path):

@@ -67,13 +67,15 @@ def foreground(volume: Volume) -> torch.Tensor:
     return volume.data[0] > 0.1 * float(volume.data.max())
 
 
-@pytest.mark.parametrize(("similarity", "bound_mm"), [("mind", 0.25), ("lncc", 0.5)])
+@pytest.mark.parametrize(("similarity", "bound_mm"), [("mind", 0.25), ("lncc", 0.55)])
 def test_identity_pair_gives_zero_field(brain: Volume, similarity: str, bound_mm: float) -> None:
     """An identical pair stays put to within a small fraction of the 4 mm voxel.
 
     Local NCC's optimum is not exactly the identity in flat regions (its variance guard rewards
-    contrast), hence its larger bound: an eighth of a voxel with the default single averaging pass per
-    Adam step (0.43 mm; three passes, the earlier default, kept it under 0.3 mm but lost Dice on real pairs).
+    contrast), hence its larger bound, about an eighth of a voxel with the default single averaging pass
+    per Adam step: 0.50 mm with the default six full-resolution Adam iterations (0.46 with eight, 0.62
+    with none: the drift comes from the coarser Adam stage and the last one takes part of it back). Three
+    averaging passes, an earlier default, kept it under 0.3 mm but lost Dice on real pairs.
     """
     result = register_deformable(brain, brain, similarity=similarity, device="cpu")
     assert result.shape == brain.shape
