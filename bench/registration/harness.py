@@ -227,6 +227,7 @@ class Context:
         keep: keep every job's folder.
         cases: optional cap on the number of cases of the multi-case suites (2, 3).
         peer_cases: optional cap on the number of cases the peers run in the lung suite.
+        repeats: extra alternating runs of the deformable defaults for paired timing (suite 1 at 2 mm).
     """
 
     peers: Sequence[str]
@@ -238,6 +239,7 @@ class Context:
     keep: bool = False
     cases: int | None = None
     peer_cases: int | None = None
+    repeats: int = 0
 
     @property
     def regseg_on_gpu(self) -> bool:
@@ -342,6 +344,26 @@ class Context:
                 mapping = field_from_transform(mapping, read_volume(job.fixed))
             answer.displacement = mapping
         return answer
+
+    def alternating_times(
+        self, runs: Sequence[Run], where: Sequence[str], fixed: str, moving: str, labels: tuple[str, str] | None = None
+    ) -> dict[str, list[float]]:
+        """Whole-process wall times of ``runs`` started in turn (A B A B ...), :attr:`repeats` times each.
+
+        Pairing the runs keeps the ratio of two methods meaningful on a machine whose speed drifts; a single
+        run of each is at the mercy of the moment. Failed runs are left out.
+
+        Returns:
+            Each run's :attr:`Run.key` -> its wall times (s), in order.
+        """
+        times: dict[str, list[float]] = {run.key: [] for run in runs}
+        for _ in range(self.repeats):
+            for run in runs:
+                job = self.register(run, [*where, "repeats"], fixed, moving, labels)
+                if not job.failed:
+                    times[run.key].append(job.measured["time_s"])
+                self.finish(job)
+        return times
 
     def finish(self, job: Job) -> None:
         """Deletes the job's folder unless ``keep``."""

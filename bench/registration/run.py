@@ -72,11 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cases", type=int, default=None, help="cap on the cases of suites 2 and 3")
     parser.add_argument("--peer-cases", type=int, default=None, help="cap on the lung pairs the peers run (suite 3)")
     parser.add_argument("--keep", action="store_true", help="keep every job's folder (outputs, log) under --work")
+    parser.add_argument(
+        "--repeats", type=int, default=3,
+        help="alternating extra runs of each method's deformable defaults for the paired time ratio (suite 1, 2 mm; 0: none)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.repeats < 0:
+        parser.error(f"--repeats must be 0 or more, got {args.repeats}")
     if not SHARED_DATA.is_dir():
         print(f"{SHARED_DATA}: data folder not found; the benchmark needs ../shared/data", file=sys.stderr)
         return 2
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(
         peers=args.peers, quick=args.quick, threads=args.threads, work=args.work.resolve(), timeout_s=args.timeout,
         device=args.device, keep=args.keep, cases=args.cases, peer_cases=args.peer_cases,
+        repeats=0 if args.quick else args.repeats,
     )
     for number in args.suites:
         name, module_name = SUITES[number]

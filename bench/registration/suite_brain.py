@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from bench.common import SHARED_DATA, markdown_table
 from bench.registration.harness import (
     COST_DIGITS,
     COST_HEADERS,
+    METHOD_TITLES,
     WARPED_LABELS,
     Context,
+    Run,
     commands_section,
     cost_cells,
     evaluating,
@@ -67,6 +71,7 @@ def run(ctx: Context) -> tuple[str, dict]:
     resolutions = [2.0] if ctx.quick else [2.0, None]
     rows = []
     commands = []
+    repeated = None
     for spacing in resolutions:
         name = "2 mm" if spacing else "1 mm (native)"
         log(f"suite 1 brain-mr {name}")
@@ -91,6 +96,11 @@ def run(ctx: Context) -> tuple[str, dict]:
                         row["jacobian"] = jacobian_statistics(ctx.export(job, with_field=True).displacement)
             rows.append(row)
             ctx.finish(job)
+        if spacing == 2.0 and ctx.repeats:
+            timed = [variant for variant in chosen if variant.kind == "deformable" and variant.run == "defaults"]
+            log(f"suite 1 brain-mr 2 mm: {ctx.repeats} alternating runs of {', '.join(v.key for v in timed)}")
+            repeated = (timed, ctx.alternating_times(timed, ["brain", "2mm"], files["fixed"], files["moving"],
+                                                     labels=(files["fixed_seg"], files["moving_seg"])))
     for row in rows:
         if "jacobian" in row:
             row["folding_percent"] = 100 * row["jacobian"]["folding_fraction"]
@@ -116,8 +126,39 @@ def run(ctx: Context) -> tuple[str, dict]:
         "",
         table,
         "",
+        *repeats_section(repeated),
         commands_section(ctx, commands, labels=True),
         *failures_section(rows, "resolution"),
         "",
     ])
-    return body, {"rows": rows, "summary": summary, "labels": structures}
+    payload = {"rows": rows, "summary": summary, "labels": structures}
+    if repeated is not None:
+        payload["repeated_times_s"] = repeated[1]
+    return body, payload
+
+
+def repeats_section(repeated: tuple[list[Run], dict[str, list[float]]] | None) -> list[str]:
+    """The paired timing at 2 mm: each method's median over alternating runs and the per-pair ratio."""
+    if repeated is None:
+        return []
+    runs, times = repeated
+    lines = [
+        f"Paired timing at 2 mm: the affine + deformable defaults of each method run again in turn (A B A B ...), "
+        f"{max((len(t) for t in times.values()), default=0)} times each; the ratio is taken pair by pair.",
+        "",
+        "| method | transform | runs | median s | min s | max s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        values = times[run.key]
+        cells = [f"{np.median(values):.1f}", f"{min(values):.1f}", f"{max(values):.1f}"] if values else ["–"] * 3
+        lines.append(f"| {METHOD_TITLES[run.method]} | {run.transform} | {len(values)} | " + " | ".join(cells) + " |")
+    ours = next((times[run.key] for run in runs if run.method == "regseg"), [])
+    for run in runs:
+        theirs = times[run.key]
+        if run.method == "regseg" or not ours or len(theirs) != len(ours):
+            continue
+        ratios = [a / b for a, b in zip(ours, theirs)]
+        lines += ["", f"RegSeg / {METHOD_TITLES[run.method]} {run.transform}, pair by pair: median {np.median(ratios):.2f} "
+                      f"(min {min(ratios):.2f}, max {max(ratios):.2f})."]
+    return lines + [""]
