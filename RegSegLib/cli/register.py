@@ -214,6 +214,7 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
         outcome = evaluate_registration(
             fixed, moving, transform, displacement, settings.report_metric,
             fixed_mask=fixed_mask, fixed_labels=fixed_labels, moving_labels=moving_labels, labels=args.labels,
+            working_images=result.working_images,
         )  # fmt: skip
         write_volume(outcome.warped, staging.file("warped.nii.gz"))
         whole = transform if isinstance(transform, CompositeTransform) else CompositeTransform([transform])

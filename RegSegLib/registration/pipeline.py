@@ -55,6 +55,9 @@ class RegistrationResult:
         verdicts: the guard's verdict on each stage, in order.
         seconds: wall time per stage (``"prepare"``: reducing the inputs and choosing the metric,
             ``"affine"``, ``"deformable"``, ``"guard"``).
+        working_images: ``(fixed, moving)`` smoothed and resampled once to the finest spacing any stage works
+            at (the inputs themselves when they are not finer): what every stage started from. A report on
+            a coarse grid reduces these instead of the full-resolution images again.
     """
 
     transform: Transform
@@ -64,6 +67,7 @@ class RegistrationResult:
     metric_reason: str = "given"
     verdicts: list[Verdict] = dataclass_field(default_factory=list)
     seconds: dict[str, float] = dataclass_field(default_factory=dict)
+    working_images: Optional[tuple[Volume, Volume]] = None
 
     @property
     def warnings(self) -> list[str]:
@@ -199,6 +203,7 @@ def register(
     # every stage works at or above this spacing: the inputs are smoothed and resampled to it once
     spacing = _finest_working_spacing(fixed.grid, settings, deformable_grid)
     fixed, moving = _reduced_image(fixed, spacing), _reduced_image(moving, spacing)
+    working_images = (fixed, moving)
     fixed_mask, moving_mask = _reduced_mask(fixed_mask, spacing), _reduced_mask(moving_mask, spacing)
     reason = "given"
     if settings.metric == AUTO_METRIC:
@@ -271,4 +276,5 @@ def register(
         metric_reason=reason,
         verdicts=verdicts,
         seconds=seconds,
+        working_images=working_images,
     )

@@ -16,7 +16,10 @@ from RegSegLib.evaluation import (
     landmark_errors,
     mean_ignoring_nan,
 )
+from RegSegLib.evaluation.report import similarity_report
+from RegSegLib.ops.pyramid import downsample
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField
+from RegSegLib.volume import Volume
 
 
 def _cubes(shift: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,3 +128,25 @@ def test_jacobian_statistics_inside_a_mask():
     whole = jacobian_statistics(DisplacementField(field, grid))
     assert whole["min"] == pytest.approx(1.0)
     assert whole["log_std"] > 0.1
+
+
+def test_similarity_report_from_reduced_copies_matches_the_full_images():
+    """A report on a coarse grid reads the registration's reduced copies when they are fine enough."""
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.rand(1, 1, 24, 24, 24, generator=generator, dtype=torch.float64)
+    data = torch.nn.functional.interpolate(coarse, size=(132, 132, 132), mode="trilinear", align_corners=True)[0]
+    fixed = Volume(data.float(), np.eye(4))
+    moving = Volume(data.roll(6, dims=3).float(), np.eye(4))
+    shift = np.eye(4)
+    shift[0, 3] = 6.0
+    transform = AffineTransform(shift)
+    full = similarity_report(fixed, moving, transform, "ncc")
+    assert full["after"] > full["before"] + 0.05
+    reduced = (downsample(fixed, np.full(3, 1.2)), downsample(moving, np.full(3, 1.2)))
+    again = similarity_report(fixed, moving, transform, "ncc", working_images=reduced)
+    assert again["before"] == pytest.approx(full["before"], abs=0.01)
+    assert again["after"] == pytest.approx(full["after"], abs=0.01)
+    same = similarity_report(fixed, moving, transform, "ncc", working_images=(reduced[0], reduced[0]))
+    assert same["before"] > 0.99  # the copies are what is measured
+    too_coarse = (downsample(fixed, np.full(3, 3.0)), downsample(moving, np.full(3, 3.0)))
+    assert similarity_report(fixed, moving, transform, "ncc", working_images=too_coarse) == full
