@@ -188,7 +188,7 @@ def upsample_cells(disp: torch.Tensor, factor: int, shape: tuple[int, int, int])
 
 
 def jacobian_determinant(field: torch.Tensor, ijk_to_ras: np.ndarray) -> torch.Tensor:
-    """Jacobian determinant of ``x -> x + u(x)`` by central differences in world space, ``[K, J, I]``.
+    """Jacobian determinant of ``x -> x + u(x)`` from central differences along the grid axes, ``[K, J, I]``.
 
     Args:
         field: ``[3, K, J, I]`` RAS mm displacements on the grid ``ijk_to_ras``.

@@ -142,17 +142,19 @@ def repeats_section(repeated: tuple[list[Run], dict[str, list[float]]] | None) -
     if repeated is None:
         return []
     runs, times = repeated
+    table = markdown_table(
+        ["method", "transform", "runs", "median s", "min s", "max s"],
+        [[METHOD_TITLES[run.method], run.transform, len(times[run.key]),
+          *((float(np.median(v)), float(min(v)), float(max(v))) if (v := times[run.key]) else (None,) * 3)]
+         for run in runs],
+        digits=[0, 0, 0, 1, 1, 1],
+    )  # fmt: skip
     lines = [
         f"Paired timing at 2 mm: the affine + deformable defaults of each method run again in turn (A B A B ...), "
         f"{max((len(t) for t in times.values()), default=0)} times each; the ratio is taken pair by pair.",
         "",
-        "| method | transform | runs | median s | min s | max s |",
-        "|---|---|---|---|---|---|",
+        table,
     ]
-    for run in runs:
-        values = times[run.key]
-        cells = [f"{np.median(values):.1f}", f"{min(values):.1f}", f"{max(values):.1f}"] if values else ["–"] * 3
-        lines.append(f"| {METHOD_TITLES[run.method]} | {run.transform} | {len(values)} | " + " | ".join(cells) + " |")
     ours = next((times[run.key] for run in runs if run.method == "regseg"), [])
     for run in runs:
         theirs = times[run.key]
