@@ -2,8 +2,8 @@
 learning for Learn2Reg 2021"), the default deformable engine.
 
 1. MIND-SSC features of both images on the working grid shrunk by ``search_shrink`` (average
-   pooling; the discrete search compares cell averages of the features, which barely change when
-   they are computed at half resolution, for an eighth of the cost).
+   pooling; by 2, or 3 on large working grids: the discrete search compares cell averages of the
+   features, which barely change when they are computed at half resolution, for an eighth of the cost).
 2. One or more coarse levels: a dense cost volume (sum of squared differences of average-pooled
    features) for every control point of a grid of step ``coarse_step`` voxels over a discrete search
    window of ``(2 radius + 1)^3`` displacements spaced ``quantisation`` voxels apart, solved by coupled
@@ -143,7 +143,7 @@ def convex_adam(
 ) -> torch.Tensor:
     """ConvexAdam on the working grid: an :data:`~RegSegLib.registration.dense.Engine` (arguments and result there)."""
     shape = tuple(fixed_image.shape[2:])
-    shrink = settings.search_shrink
+    shrink = settings.resolved_search_shrink(fixed_image[0, 0].numel())
     fixed_feat = features(pool_cells(fixed_image, shrink), settings)
     moving_feat = features(pool_cells(moving_image, shrink), settings)
     search_weight = None if weight is None else pool_cells(weight, shrink)

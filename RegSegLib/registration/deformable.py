@@ -86,10 +86,13 @@ def check_deformable_memory(fixed: Volume, settings: DeformableSettings, device:
 
 
 def with_search_in_voxels(settings: DeformableSettings, grid: Grid) -> DeformableSettings:
-    """The settings with every search radius given in mm turned into voxels of the search grid
-    (``grid`` shrunk by ``search_shrink``), as the engine uses them."""
-    search_spacing = float(grid.spacing.min()) * settings.search_shrink
-    return settings.overridden(coarse_levels=tuple(level.in_voxels(search_spacing) for level in settings.coarse_levels))
+    """The settings as the engine uses them on the working grid ``grid``: the search shrink resolved
+    (:meth:`DeformableSettings.resolved_search_shrink`) and every search radius given in mm turned into
+    voxels of the search grid (``grid`` shrunk by it)."""
+    shrink = settings.resolved_search_shrink(grid.num_voxels)
+    search_spacing = float(grid.spacing.min()) * shrink
+    levels = tuple(level.in_voxels(search_spacing) for level in settings.coarse_levels)
+    return settings.overridden(search_shrink=shrink, coarse_levels=levels)
 
 
 def working_grid(fixed: Grid, settings: DeformableSettings) -> Grid:

@@ -13,7 +13,7 @@ from RegSegLib import geometry
 from RegSegLib.io.volumes import read_volume
 from RegSegLib.runtime import Cancelled, Progress
 from RegSegLib.registration.deformable import register_deformable
-from RegSegLib.registration.settings import DeformableSettings
+from RegSegLib.registration.settings import DeformableSettings, SettingsError
 from RegSegLib.registration.deformable import working_grid
 from RegSegLib.transforms import DisplacementField, field_from_transform, jacobian_determinant, resample
 from RegSegLib.volume import Volume
@@ -203,9 +203,29 @@ def test_search_radius_in_mm_follows_the_working_resolution() -> None:
     assert CoarseLevel(radius=5).in_voxels(1.0).radius == 5
     assert first.in_voxels(0.8).radius == MAX_SEARCH_RADIUS
     grid = geometry.Grid(np.diag([2.9, 2.9, 2.9, 1.0]), (100, 80, 110))
-    levels = with_search_in_voxels(DeformableSettings(), grid).coarse_levels
+    levels = with_search_in_voxels(DeformableSettings(search_shrink=2), grid).coarse_levels
     assert [(level.radius, level.radius_mm) for level in levels] == [(3, None), (2, None)]
     assert all(level.radius * 2 * 2.9 >= mm for level, mm in zip(levels, (16.0, 8.0)))
+
+
+def test_the_search_shrink_follows_the_working_grid_size() -> None:
+    """Large working grids are searched at a third of their resolution, small ones (prostate ultrasound) at
+    half; the radii in mm follow the search grid, and a shrink the user gives is kept."""
+    from RegSegLib.registration.deformable import with_search_in_voxels
+    from RegSegLib.registration.settings import COARSER_SEARCH_VOXELS
+
+    assert DeformableSettings().resolved_search_shrink(COARSER_SEARCH_VOXELS) == 3
+    assert DeformableSettings().resolved_search_shrink(COARSER_SEARCH_VOXELS - 1) == 2
+    assert DeformableSettings(search_shrink=1).resolved_search_shrink(10**8) == 1
+    brain = geometry.Grid(np.diag([2.0, 2.0, 2.0, 1.0]), (80, 96, 112))
+    ultrasound = geometry.Grid(np.diag([0.8, 0.8, 0.8, 1.0]), (44, 59, 41))
+    on_brain = with_search_in_voxels(DeformableSettings(), brain)
+    on_ultrasound = with_search_in_voxels(DeformableSettings(), ultrasound)
+    assert (on_brain.search_shrink, on_ultrasound.search_shrink) == (3, 2)
+    assert [level.radius for level in on_brain.coarse_levels] == [3, 2]  # 16 and 8 mm on a 6 mm search grid
+    assert [level.radius for level in on_ultrasound.coarse_levels] == [6, 5]  # at most 6 steps of 1.6 mm
+    with pytest.raises(SettingsError, match="search shrink"):
+        DeformableSettings(search_shrink=0)
 
 
 def test_the_regularisation_default_follows_the_similarity() -> None:

@@ -454,7 +454,10 @@ def test_advanced_settings_reach_the_engine(prostate, module, tmp_path):
     request = module.registration.RegistrationRequest(prostate["fixed"], prostate["moving"], **options)
     assert request.engine_settings().metric == "auto" and outputs.metrics["metric_chosen"].startswith("auto")
     chosen = request.engine_settings().with_stage_metrics(settings["affine"]["metric"], deformable["similarity"])
-    assert settings == json.loads(json.dumps(chosen.as_dict()))
+    validated = json.loads(json.dumps(chosen.as_dict()))
+    # the search shrink is resolved on the working grid (4 mm: a small grid, searched at half resolution)
+    assert (validated["deformable"].pop("search_shrink"), settings["deformable"].pop("search_shrink")) == (None, 2)
+    assert settings == validated
     assert outputs.warnings == outputs.metrics["warnings"]
     # a deformable stage the guard undid (a discrete search alone on a 7x7x6 grid) leaves the affine result
     assert bool(outputs.transform_node.IsLinear()) == bool(outputs.warnings) and progress[-1] == 1.0
