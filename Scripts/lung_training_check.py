@@ -26,8 +26,9 @@ import numpy as np
 from RegSegLib.evaluation import dice_per_label, hd95_per_label
 from RegSegLib.io.checks import read_image, read_labels
 from RegSegLib.registration.pipeline import register
-from RegSegLib.registration.settings import RegistrationSettings
+from RegSegLib.registration.settings import DeformableSettings, RegistrationSettings
 from RegSegLib.transforms import resample
+from RegSegLib.volume import Volume
 
 TRAINING_CASES: tuple[int, ...] = tuple(range(32, 42))
 """The lung-vessels training pairs (``train/case_032`` ... ``case_041``)."""
@@ -36,14 +37,16 @@ VESSEL_CORE = 2
 SURFACE_PERCENTILE = 99.0
 
 
-def score(data: Path, case: int, overrides: dict) -> tuple[float, float]:
+def read_pair(data: Path, case: int) -> tuple[Volume, Volume, Volume, Volume]:
+    """(fixed, moving, fixed labels, moving labels) of one training pair: the masks are both image and labels."""
+    fixed_path, moving_path = (str(data / f"lung-vessels/train/case_{case:03d}_{phase}.nii.gz") for phase in (1, 2))
+    return read_image(fixed_path), read_image(moving_path), read_labels(fixed_path), read_labels(moving_path)
+
+
+def score(pair: tuple[Volume, Volume, Volume, Volume], overrides: dict) -> tuple[float, float]:
     """(vessel-core Dice, 99th-percentile surface distance in mm) of one training pair registered with
     the default deformable settings and ``overrides``."""
-    folder = data / "lung-vessels/train"
-    fixed = read_image(str(folder / f"case_{case:03d}_1.nii.gz"))
-    moving = read_image(str(folder / f"case_{case:03d}_2.nii.gz"))
-    fixed_labels = read_labels(str(folder / f"case_{case:03d}_1.nii.gz"))
-    moving_labels = read_labels(str(folder / f"case_{case:03d}_2.nii.gz"))
+    fixed, moving, fixed_labels, moving_labels = pair
     settings = RegistrationSettings.create(method="deformable")
     settings = replace(settings, deformable=settings.deformable.overridden(**overrides))
     result = register(fixed, moving, settings, device="cpu")
@@ -62,12 +65,20 @@ def main() -> None:
     cases = [int(case) for case in args.cases.split(",")]
     if any(case not in TRAINING_CASES for case in cases):
         parser.error(f"only the training pairs {TRAINING_CASES[0]}-{TRAINING_CASES[-1]} may be scored here")
-    configurations = [json.loads(text) for text in args.overrides]
+    configurations = []
+    for text in args.overrides:
+        try:
+            overrides = json.loads(text)
+            DeformableSettings().overridden(**overrides)
+        except (ValueError, TypeError) as error:
+            parser.error(f"{text}: not a JSON object of deformable settings ({error})")
+        configurations.append(overrides)
     print("| case | " + " | ".join(args.overrides) + " |\n|---|" + "---|" * len(configurations))
     scores = np.zeros((len(cases), len(configurations), 2))
     for row, case in enumerate(cases):
+        pair = read_pair(args.data, case)
         for column, overrides in enumerate(configurations):
-            scores[row, column] = score(args.data, case, overrides)
+            scores[row, column] = score(pair, overrides)
         cells = " | ".join(f"{dice:.3f} / {distance:.2f} mm" for dice, distance in scores[row])
         print(f"| {case:03d} | {cells} |", flush=True)
     means = " | ".join(f"**{dice:.4f} / {distance:.3f} mm**" for dice, distance in scores.mean(axis=0))
