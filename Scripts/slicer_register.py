@@ -188,20 +188,12 @@ def main(argv: list[str]) -> int:
         return 1
 
 
-def exit_with(code: int) -> None:
-    """Ends the process: ``slicer.util.exit`` inside the Slicer application, ``sys.exit`` elsewhere."""
-    slicer = sys.modules.get("slicer")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if getattr(slicer, "app", None) is not None:
-        slicer.util.exit(code)
-    else:
-        sys.exit(code)
-
-
 if __name__ == "__main__":
     status = 1
     try:
         status = main(sys.argv[1:])
     finally:  # even on KeyboardInterrupt or SystemExit from deep inside: Slicer would otherwise stay alive
+        make_modules_importable()
+        from RegSegLib.cli.runtime import exit_with
+
         exit_with(status)
