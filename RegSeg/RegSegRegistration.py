@@ -103,7 +103,7 @@ class RegSegRegistrationParameterNode:
 
     fixed_volume: vtkMRMLScalarVolumeNode
     moving_volume: vtkMRMLScalarVolumeNode
-    method: Annotated[str, Choice(list(settings.METHODS))] = "affine"
+    method: Annotated[str, Choice(list(settings.ITERATIVE_METHODS))] = "affine"
     transform_family: Annotated[str, Choice(list(settings.FAMILIES))] = "affine"
     fixed_mask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]
     moving_mask: Optional[Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]]

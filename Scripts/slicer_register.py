@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fixed", required=True, help="fixed volume file")
     parser.add_argument("--moving", required=True, help="moving volume file")
     parser.add_argument("--output-dir", required=True, help="folder for transform.h5, warped.nrrd and regseg/")
-    parser.add_argument("--method", choices=settings.METHODS, default="affine")
+    parser.add_argument("--method", choices=settings.ITERATIVE_METHODS, default="affine")
     parser.add_argument("--transform", choices=settings.FAMILIES, default="affine")
     parser.add_argument("--metric", choices=settings.METRIC_CHOICES, default=settings.AUTO_METRIC)
     parser.add_argument("--device", choices=settings.DEVICES, default="auto")

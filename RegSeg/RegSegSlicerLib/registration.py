@@ -130,6 +130,7 @@ class RegistrationRequest:
             ValueError: a bad method, family, metric, preset or advanced setting (readable message).
         """
         try:
+            validation.check_choice(self.method, settings.ITERATIVE_METHODS, "method")
             return settings.RegistrationSettings.from_attributes(self, family="transform_family", spacing="spacing_mm")
         except settings.SettingsError as exc:
             raise ValueError(readable_message(str(exc))) from None

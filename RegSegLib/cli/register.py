@@ -19,6 +19,7 @@ from RegSegLib.registration.settings import (
     FAMILIES,
     METHODS,
     METRIC_CHOICES,
+    NETWORK_METHOD,
     PRESETS,
     AffineSettings,
     DeformableSettings,
@@ -65,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed-mask", metavar="F", help="mask on the fixed grid (nonzero = inside)")
     parser.add_argument("--moving-mask", metavar="F", help="mask on the moving grid")
     parser.add_argument("--init", metavar="TRANSFORM", help="initial fixed-to-moving transform (.tfm, .h5, field image)")
+    parser.add_argument(
+        "--model", metavar="NAME|FILE",
+        help="affine network (a name from 'regseg models list' or a model.pt) whose prediction starts the "
+        "iterative stages (HyReg): recovers starts the engine alone cannot, such as rotations beyond 90 degrees",
+    )
     parser.add_argument("--fixed-labels", metavar="F", help="fixed label map (for Dice)")
     parser.add_argument("--moving-labels", metavar="F", help="moving label map (warped and scored)")
     parser.add_argument(
@@ -120,6 +126,10 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--fixed-labels and --moving-labels go together")
     if args.labels and not args.fixed_labels:
         parser.error("--labels needs --fixed-labels and --moving-labels")
+    if args.model and args.init:
+        parser.error("--model and --init both give the initial transform: choose one")
+    if args.method == NETWORK_METHOD and not args.model:
+        parser.error("--method network keeps a network's prediction: name the network with --model NAME|FILE")
     if args.method != "deformable":
         given = [
             option
@@ -192,6 +202,14 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
         moving_labels = read_labels(args.moving_labels, moving, args.moving) if args.moving_labels else None
         initial = read_transform(args.init) if args.init else None
         read_seconds = time.perf_counter() - started
+        network_seconds = None
+        if args.model:
+            from RegSegLib.registration.learned import load_affine_model, predict_affine
+
+            report(0.04, "network prediction")
+            network_started = time.perf_counter()
+            initial = predict_affine(load_affine_model(args.model, device), fixed, moving)
+            network_seconds = time.perf_counter() - network_started
 
         result = register(
             fixed,
@@ -234,6 +252,7 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
             "metric_chosen": result.metric_reason,
             "diffeomorphic": bool(args.diffeomorphic),
             "initial_transform": args.init,
+            "model": args.model,
             "settings": settings.as_dict(),
             "field_grid": _grid_record(displacement),
             "device": str(device),
@@ -246,6 +265,7 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
         metrics["seconds"] = {
             "imports": started - imports_started,
             "read": read_seconds,
+            **({"network": network_seconds} if network_seconds is not None else {}),
             **result.seconds,
             "write": time.perf_counter() - write_started,
             "total": time.perf_counter() - started,

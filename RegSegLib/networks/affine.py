@@ -1,8 +1,9 @@
-"""Affine registration networks on MONAI blocks: parameter regression (``affine_params``).
+"""Affine registration networks on MONAI blocks: parameter regression (``affine_params``, :class:`AffineParamsNet`)
+and matrix estimation from keypoints (``affine_matrix``, :class:`AffineMatrixNet`).
 
 The network sees the moving and the fixed image on their *network grids*: axis-aligned RAS grids of the
 model's shape with one isotropic spacing ``s``, each centred on its own image
-(:func:`RegSegLib.training.data.network_grid`). Its prediction is a transform of the family in the
+(:func:`RegSegLib.networks.inputs.network_grid`). Its prediction is a transform of the family in the
 *network frame*, measured in network voxels from the grid centre: with ``p`` a fixed point and ``c_f``,
 ``c_m`` the two grid centres (RAS mm),
 
@@ -177,3 +178,150 @@ class AffineParamsNet(nn.Module):
                 grids = torch.cat([fields.affine_sampling_grid(t, tuple(moving.shape[2:])) for t in theta])
                 warped = F.grid_sample(moving, grids, mode="bilinear", padding_mode="zeros", align_corners=True)
         return total, passes
+
+
+def weighted_barycentres(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoints of feature maps ``[B, K, D, H, W]``: the barycentre of each channel's spatial softmax, in
+    network voxels from the grid centre (x, y, z = R, A, S), ``[B, K, 3]``, and its confidence ``[B, K]``,
+    the inverse of the softmax's spatial variance (a sharp map is a precise keypoint)."""
+    batch, count = heatmaps.shape[:2]
+    shape = heatmaps.shape[2:]
+    probabilities = torch.softmax(heatmaps.reshape(batch, count, -1).float(), dim=2)
+    axes = [torch.arange(n, dtype=probabilities.dtype, device=heatmaps.device) - (n - 1) / 2.0 for n in shape]
+    k, j, i = torch.meshgrid(*axes, indexing="ij")
+    coordinates = torch.stack([i, j, k], dim=-1).reshape(-1, 3)
+    centres = probabilities @ coordinates
+    spread = probabilities @ coordinates.pow(2).sum(dim=1) - centres.pow(2).sum(dim=2)
+    return centres, 1.0 / (spread.clamp(min=0.0) + 1.0)
+
+
+def fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, family: str, ridge: float = 0.0) -> torch.Tensor:
+    """The weighted least-squares transform ``[B, 4, 4]`` of a family mapping points ``source`` onto
+    ``target`` (``[B, K, 3]``, weights ``[B, K]``): Kabsch for ``rigid``, Umeyama's scale for
+    ``similarity``, the linear least-squares solution for ``anisotropic`` and ``affine`` (both general
+    affine; an anisotropic fit is not closed-form). ``ridge`` (affine only) adds that fraction of the
+    points' mean squared spread to the normal matrix's diagonal, so that points that have not spread out
+    yet (an untrained network) give a small transform instead of an ill-conditioned one."""
+    w = (weights / weights.sum(dim=1, keepdim=True))[..., None]
+    source_mean, target_mean = (w * source).sum(dim=1), (w * target).sum(dim=1)
+    x, y = source - source_mean[:, None], target - target_mean[:, None]
+    if family in ("rigid", "similarity"):
+        covariance = (w * y).transpose(1, 2) @ x
+        left, singular, right_t = torch.linalg.svd(covariance)
+        sign = torch.sign(torch.linalg.det(left @ right_t))
+        correction = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], dim=1))
+        linear = left @ correction @ right_t
+        if family == "similarity":
+            scale = (singular * correction.diagonal(dim1=1, dim2=2)).sum(dim=1) / (w[..., 0] * x.pow(2).sum(dim=2)).sum(dim=1)
+            linear = linear * scale[:, None, None]
+    else:
+        normal = (w * x).transpose(1, 2) @ x
+        spread = normal.diagonal(dim1=1, dim2=2).mean(dim=1)
+        normal = normal + (ridge * spread + 1e-9)[:, None, None] * torch.eye(3, dtype=x.dtype, device=x.device)
+        linear = ((w * y).transpose(1, 2) @ x) @ torch.linalg.inv(normal)
+    matrix = torch.eye(4, dtype=source.dtype, device=source.device).repeat(source.shape[0], 1, 1)
+    matrix[:, :3, :3] = linear
+    matrix[:, :3, 3] = target_mean - (linear @ source_mean[..., None])[..., 0]
+    return matrix
+
+
+def project(matrix: torch.Tensor, family: str) -> torch.Tensor:
+    """Matrices ``[B, 4, 4]`` with their linear part projected onto a family: the rotation of its polar
+    decomposition (``rigid``), times the mean singular value (``similarity``); unchanged otherwise."""
+    if family not in ("rigid", "similarity"):
+        return matrix
+    left, singular, right_t = torch.linalg.svd(matrix[:, :3, :3])
+    sign = torch.sign(torch.linalg.det(left @ right_t))
+    correction = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], dim=1))
+    linear = left @ correction @ right_t
+    if family == "similarity":
+        linear = linear * singular.mean(dim=1)[:, None, None]
+    out = matrix.clone()
+    out[:, :3, :3] = linear
+    return out
+
+
+class AffineMatrixNet(nn.Module):
+    """Matrix estimation from feature maps (KeyMorph-style): a shared MONAI U-Net turns each image into
+    ``keypoints`` heat maps, their barycentres are corresponding points in the two images, and the
+    transform is their weighted least-squares fit (:func:`fit_affine`), weighted by the keypoints'
+    confidences in both images, symmetrised (the forward fit and the inverse of the backward fit are
+    averaged) and projected onto the family (the rotation of the polar decomposition for ``rigid``, times
+    the mean singular value for ``similarity``). The fit holds for any rotation, which a regression head
+    must learn angle by angle.
+
+    Training compares the symmetrised affine fit itself (its linear part and translation,
+    :attr:`predicts_linear`) with the true transform: the gradient of a projection through a singular value
+    decomposition is unbounded while the keypoints have not spread out.
+
+    Args:
+        family: transform family of the fit.
+        keypoints: heat maps (keypoints) per image.
+        features: channels of the U-Net's first level (doubled at each of its three downsamplings).
+
+    ``forward(moving, fixed)`` returns what :class:`AffineParamsNet` returns (one pass).
+    """
+
+    predicts_linear = True
+
+    def __init__(self, family: str = "rigid", keypoints: int = 32, features: int = 8) -> None:
+        super().__init__()
+        from monai.networks.nets import UNet
+
+        if family not in FAMILIES:
+            raise ValueError(f"unknown transform family {family!r}")
+        self.family = family
+        self.unet = UNet(3, 1, keypoints, channels=(features, 2 * features, 4 * features, 8 * features), strides=(2, 2, 2))
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> tuple[torch.Tensor, list]:
+        span = half_span(moving.shape[2:]).to(moving)
+        maps = self.unet(torch.cat([moving, fixed], dim=0))
+        moving_points, moving_confidence = weighted_barycentres(maps[: moving.shape[0]])
+        fixed_points, fixed_confidence = weighted_barycentres(maps[moving.shape[0] :])
+        weights = (moving_confidence * fixed_confidence).sqrt()
+        forward = fit_affine(fixed_points, moving_points, weights, "affine", ridge=1e-3)
+        backward = fit_affine(moving_points, fixed_points, weights, "affine", ridge=1e-3)
+        fitted = 0.5 * (forward + torch.linalg.inv(backward))
+        batch = fitted.shape[0]
+        parts = (fitted[:, :3, :3], fitted[:, :3, 3] / span, fitted.new_ones(batch, 3), torch.eye(3, dtype=fitted.dtype, device=fitted.device).expand(batch, 3, 3))
+        identity = torch.eye(4, dtype=fitted.dtype, device=fitted.device).expand_as(fitted)
+        return project(fitted, self.family), [(parts, identity)]
+
+
+class _Composed(nn.Module):
+    """The composed transform alone: what inference needs, in a form ``torch.jit.trace`` records."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return self.network(moving, fixed)[0]
+
+
+def torchscript_bytes(network: nn.Module, shape_dhw: Sequence[int]) -> bytes:
+    """The network traced for inputs of one shape, as a TorchScript archive: inference then needs torch
+    alone (importing MONAI takes seconds), and the archive holds no pickled Python objects.
+
+    The archive maps ``(moving [B, 1, D, H, W], fixed [B, 1, D, H, W])`` to the composed network-frame
+    matrices ``[B, 4, 4]``; ``D, H, W`` must be ``shape_dhw``.
+    """
+    import io
+    import warnings
+
+    example = torch.zeros(1, 1, *(int(n) for n in shape_dhw))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        traced = torch.jit.trace(_Composed(network.eval()), (example, example))
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    return buffer.getvalue()
+
+
+def build_affine_network(name: str, args: dict) -> nn.Module:
+    """The network of a ``model_config``: ``affine_params`` or ``affine_matrix`` with its arguments."""
+    if name == "affine_params":
+        return AffineParamsNet(args["family"], args["fusion"], args["widen_factor"], args["cascade"])
+    if name == "affine_matrix":
+        return AffineMatrixNet(args["family"], args["keypoints"], args["features"])
+    raise ValueError(f"unknown affine architecture {name!r}; choose affine_params or affine_matrix")

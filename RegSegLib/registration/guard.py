@@ -73,7 +73,7 @@ class Verdict:
     """What the guard decided about one stage.
 
     Attributes:
-        stage: ``"affine"`` or ``"deformable"``.
+        stage: ``"affine"``, ``"deformable"`` or ``"network"`` (a network's prediction kept alone).
         before: the score of what the stage started from.
         after: the score of the stage's result.
         rolled_back: whether the stage's result was discarded.
@@ -89,7 +89,7 @@ class Verdict:
         """The sentence for the summary and ``metrics.json``, ``None`` when the stage was kept."""
         if not self.rolled_back:
             return None
-        kept = "the starting alignment" if self.stage == "affine" else "the affine result"
+        kept = {"affine": "the starting alignment", "network": "no transform"}.get(self.stage, "the affine result")
         return (
             f"the {self.stage} stage made the alignment worse (MIND distance {self.before.mind:.4g} -> "
             f"{self.after.mind:.4g}{self._dice_text()}), so it was undone and {kept} was kept: check the "

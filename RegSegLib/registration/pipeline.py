@@ -29,7 +29,7 @@ from RegSegLib.registration.deformable import (
 )
 from RegSegLib.registration.guard import Guard, Score, Verdict, scoring_grid
 from RegSegLib.registration.modality import choose_metric
-from RegSegLib.registration.settings import AUTO_METRIC, RegistrationSettings
+from RegSegLib.registration.settings import AUTO_METRIC, NETWORK_METHOD, RegistrationSettings, SettingsError
 from RegSegLib.runtime import Progress, resolve_device
 from RegSegLib.transforms import AffineTransform, CompositeTransform, DisplacementField, Transform, resample
 from RegSegLib.volume import Volume
@@ -215,7 +215,7 @@ def register(
         moving = resample(moving, fixed, pre, mode="linear")
         if moving_mask is not None:
             moving_mask = resample(moving_mask, fixed, pre, mode="nearest")
-    affine_share = 1.0 if settings.method == "affine" else AFFINE_SHARE_OF_DEFORMABLE
+    affine_share = 1.0 if settings.method != "deformable" else AFFINE_SHARE_OF_DEFORMABLE
     seconds: dict[str, float] = {"prepare": time.perf_counter() - start, "guard": 0.0}
 
     start = time.perf_counter()
@@ -223,25 +223,34 @@ def register(
     fallback, current = _best_start(guard, affine_start, fixed, moving, settings, fixed_mask, moving_mask, bool(pre_parts))
     seconds["guard"] += time.perf_counter() - start
 
-    start = time.perf_counter()
-    affine = register_affine(
-        fixed,
-        moving,
-        settings.affine,
-        fixed_mask=fixed_mask,
-        moving_mask=moving_mask,
-        initial=affine_start,
-        device=torch_device,
-        progress=progress.sub(0.0, affine_share),
-        **({"init": "identity"} if pre_parts else {}),
-    )
-    seconds["affine"] = time.perf_counter() - start
-    start = time.perf_counter()
-    verdict, current = guard.judge("affine", current, affine)
-    verdicts = [verdict]
-    if verdict.rolled_back:
-        affine = fallback
-    seconds["guard"] += time.perf_counter() - start
+    if settings.method == NETWORK_METHOD:
+        if affine_start is None:
+            raise SettingsError("the network method keeps a network's prediction: give it as the initial transform (--model)")
+        start = time.perf_counter()
+        verdict, current = guard.judge(NETWORK_METHOD, guard.score(None), affine_start)
+        affine = AffineTransform.identity() if verdict.rolled_back else affine_start
+        verdicts = [verdict]
+        seconds["guard"] += time.perf_counter() - start
+    else:
+        start = time.perf_counter()
+        affine = register_affine(
+            fixed,
+            moving,
+            settings.affine,
+            fixed_mask=fixed_mask,
+            moving_mask=moving_mask,
+            initial=affine_start,
+            device=torch_device,
+            progress=progress.sub(0.0, affine_share),
+            **({"init": "identity"} if pre_parts else {}),
+        )
+        seconds["affine"] = time.perf_counter() - start
+        start = time.perf_counter()
+        verdict, current = guard.judge("affine", current, affine)
+        verdicts = [verdict]
+        if verdict.rolled_back:
+            affine = fallback
+        seconds["guard"] += time.perf_counter() - start
 
     displacement = None
     if settings.deformable is not None:

@@ -22,8 +22,11 @@ from RegSegLib.validation import (
     is_number,
 )
 
-METHODS: tuple[str, ...] = ("affine", "deformable")
-"""``affine``, or ``deformable`` (an affine stage, then a dense displacement field)."""
+ITERATIVE_METHODS: tuple[str, ...] = ("affine", "deformable")
+"""The engine's methods: ``affine``, or ``deformable`` (an affine stage, then a dense displacement field)."""
+NETWORK_METHOD = "network"
+"""A network's prediction alone, no iterative stage (it needs a model: ``regseg register --model``)."""
+METHODS: tuple[str, ...] = (*ITERATIVE_METHODS, NETWORK_METHOD)
 FAMILIES: tuple[str, ...] = tuple(vocabulary.FAMILIES)
 METRICS: tuple[str, ...] = vocabulary.IMAGE_METRICS
 AUTO_METRIC = "auto"
@@ -340,7 +343,8 @@ class RegistrationSettings:
     """What ``regseg register`` does: the method and each stage's settings.
 
     Attributes:
-        method: ``affine`` or ``deformable``.
+        method: ``affine``, ``deformable`` or ``network`` (the initial transform, a network's prediction, is
+            kept as it is, unless the guard finds it worse than no transform).
         metric: ``auto`` (each stage's measure is chosen from the images when the registration starts,
             :func:`~RegSegLib.registration.modality.choose_metric`) or the metric of the last stage, which
             names the before/after similarity of the report (with a metric the user chose, both stages

@@ -3,7 +3,9 @@
 Loss (seed 000's units): the squared Frobenius distance between predicted and true rotation matrices
 (for rotations over the whole sphere: no wrap-around, unlike a squared angle difference), plus the squared
 error of the translation as a fraction of the half image extent, of the scales as deviations from 1 and of
-the shears, summed over the cascade's passes (pass n against the residual the earlier passes left).
+the shears, summed over the cascade's passes (pass n against the residual the earlier passes left). A
+network that fits a linear part (``predicts_linear``, the keypoint network) is compared on the whole
+linear part instead of rotation, scales and shears.
 
 Validation metrics (:data:`RegSegLib.training.callbacks.METRIC_DIRECTIONS`): ``loss``,
 ``rotation_error_deg`` (the angle of ``R_true^T R_pred``), ``translation_error_mm``, and
@@ -14,12 +16,13 @@ pair's spacing).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Iterable
 
 import torch
 from lightning.pytorch import LightningModule
 
-from RegSegLib.networks.affine import AffineParamsNet, half_span
+from RegSegLib.networks.affine import build_affine_network, half_span
 from RegSegLib.training.config import BaseConfig, LRSchedulerConfig
 
 
@@ -79,7 +82,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: LRSchedulerConfig)
 
 
 class AffineRegistrationModule(LightningModule):
-    """Trains :class:`~RegSegLib.networks.affine.AffineParamsNet` on synthetic pairs.
+    """Trains an affine network (:func:`~RegSegLib.networks.affine.build_affine_network`) on synthetic pairs.
 
     Args:
         config: the run's configuration (its ``model_config.model_args`` builds the network).
@@ -88,8 +91,7 @@ class AffineRegistrationModule(LightningModule):
     def __init__(self, config: BaseConfig) -> None:
         super().__init__()
         self.config = config
-        args = config.model_config.model_args
-        self.network = AffineParamsNet(args.family, args.fusion, args.widen_factor, args.cascade)
+        self.network = build_affine_network(config.model_config.name, asdict(config.model_config.model_args))
         self.register_buffer("span", half_span(config.data.shape).float(), persistent=False)
         self.register_buffer("points", lattice_points(self.span.double()).float(), persistent=False)
 
@@ -99,7 +101,11 @@ class AffineRegistrationModule(LightningModule):
     def _losses(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-pair loss ``[B]`` (summed over passes) and the composed prediction ``[B, 4, 4]``."""
         total, passes = self(batch["moving"], batch["fixed"])
-        loss = parameter_loss(passes[0][0], batch)
+        target = batch
+        if getattr(self.network, "predicts_linear", False):
+            linear = batch["matrix"][:, :3, :3]
+            target = {**batch, "rotation": linear, "scale": torch.ones_like(batch["scale"]), "shear": torch.eye(3, device=linear.device).expand_as(linear)}
+        loss = parameter_loss(passes[0][0], target)
         for parts, done in passes[1:]:
             loss = loss + parameter_loss(parts, residual_target(done.detach(), batch["matrix"], self.span))
         return loss, total

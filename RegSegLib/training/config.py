@@ -72,7 +72,7 @@ class DataConfig:
         fold: the validation fold.
         shape: network input size (D, H, W) in voxels.
         spacing_mm: isotropic spacing of the network grid; ``None``: the spacing that fits the image's largest
-            extent into the largest size (:func:`RegSegLib.training.data.network_spacing`).
+            extent into the largest size (:func:`RegSegLib.networks.inputs.network_spacing`).
         max_translation: largest translation of the synthetic pairs along each axis, as a fraction of the
             half span of the network grid.
         max_rotation_deg: largest rotation angle of the synthetic pairs (180: the whole sphere).
@@ -178,6 +178,32 @@ class AffineParamsArgs:
 class AffineParamsConfig(ModelConfig):
     name: str = "affine_params"
     model_args: AffineParamsArgs = field(default_factory=AffineParamsArgs)
+
+
+@dataclass
+class AffineMatrixArgs:
+    """Matrix estimation from keypoints (:class:`~RegSegLib.networks.affine.AffineMatrixNet`).
+
+    Attributes:
+        family: transform family of the weighted least-squares fit.
+        keypoints: heat maps (keypoints) per image.
+        features: channels of the U-Net's first level.
+    """
+
+    family: str = "rigid"
+    keypoints: int = 32
+    features: int = 8
+
+    def __post_init__(self) -> None:
+        check_choice(self.family, tuple(FAMILIES), "transform family")
+        check_positive(self.keypoints, "keypoints", integer=True)
+        check_positive(self.features, "features", integer=True)
+
+
+@dataclass
+class AffineMatrixConfig(ModelConfig):
+    name: str = "affine_matrix"
+    model_args: AffineMatrixArgs = field(default_factory=AffineMatrixArgs)
 
 
 @dataclass
@@ -299,7 +325,7 @@ def scheduler_epoch_warning(scheduler: LRSchedulerConfig, planned_epochs: int, e
     return None
 
 
-MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"affine_params": AffineParamsConfig}
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"affine_params": AffineParamsConfig, "affine_matrix": AffineMatrixConfig}
 """The model group: ``model_config`` name -> its dataclass."""
 
 

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from RegSegLib.geometry import Grid
 from RegSegLib.networks.affine import half_span
+from RegSegLib.networks.inputs import network_grid, network_input, network_spacing
 from RegSegLib.ops.intensity import robust_scale
 from RegSegLib.ops.pyramid import antialiased
 from RegSegLib.training.config import DataConfig
@@ -118,33 +118,6 @@ def split_patients(patients: Sequence[str], data: DataConfig, seed: int) -> dict
     validation = folds[data.fold]
     train = [patient for patient in rest if patient not in validation]
     return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
-
-
-def network_grid(centre_ras: np.ndarray, shape_dhw: Sequence[int], spacing_mm: float) -> Grid:
-    """The axis-aligned RAS grid of the network input: ``shape`` (D, H, W) = (S, A, R) voxels of
-    ``spacing_mm``, centred on ``centre_ras``."""
-    shape = tuple(int(n) for n in shape_dhw)
-    sizes_ras = np.array(shape[::-1], dtype=np.float64)
-    matrix = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
-    matrix[:3, 3] = np.asarray(centre_ras, dtype=np.float64) - spacing_mm * (sizes_ras - 1) / 2.0
-    return Grid.of(matrix, shape)
-
-
-def network_spacing(grids: Sequence[Grid], shape_dhw: Sequence[int], spacing_mm: float | None) -> float:
-    """The isotropic spacing of the network grids of a pair: ``spacing_mm`` when given, else the one that
-    fits the largest extent of the images into the largest network size (the whole field of view, whatever
-    the anatomy's scale: a 25 mm prostate crop and a 500 mm abdomen alike)."""
-    if spacing_mm is not None:
-        return float(spacing_mm)
-    return max(float(np.max(grid.extent_mm)) for grid in grids) / max(int(n) for n in shape_dhw)
-
-
-def network_input(volume: Volume, grid: Grid, transform: AffineTransform | None = None) -> torch.Tensor:
-    """The first channel of ``volume`` read through ``transform`` on a network grid, robustly scaled to
-    [0, 1] (0.5 and 99.5 percentiles), ``[1, D, H, W]`` float32; zero outside the volume."""
-    first = Volume(volume.data[:1].float(), volume.ijk_to_ras)
-    image = resample(first, grid, transform, mode="linear").data
-    return robust_scale(image[None])[0]
 
 
 def random_rotation(rng: np.random.Generator, max_angle_deg: float) -> np.ndarray:

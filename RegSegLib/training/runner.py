@@ -222,7 +222,7 @@ def _last_checkpoint(folder: Path, **when: Any) -> ModelCheckpoint:
 
 def build_module(config: BaseConfig) -> Any:
     """The Lightning module of the config's model (``model_config.name``)."""
-    if config.model_config.name == "affine_params":
+    if config.model_config.name in ("affine_params", "affine_matrix"):
         from RegSegLib.training.affine_module import AffineRegistrationModule
 
         return AffineRegistrationModule(config)

@@ -23,40 +23,10 @@ import SimpleITK as sitk
 from RegSegLib import cli
 from RegSegLib.io.transforms import read_transform, write_transform
 from RegSegLib.transforms import AffineTransform
+from cli_phantom import SHIFT, SIZE, SPACING, affine_matrix, phantom, save
 
-SHIFT = np.array([6.0, -4.0, 3.0])
-SIZE = 32
-SPACING = 2.5
 REPO = Path(__file__).resolve().parents[2]
 FAST_RIGID = ["--transform", "rigid", "--metric", "mse", "--device", "cpu"]
-
-
-def _affine_matrix() -> np.ndarray:
-    matrix = np.diag([SPACING, SPACING, SPACING, 1.0])
-    matrix[:3, 3] = -SPACING * (SIZE - 1) / 2
-    return matrix
-
-
-def _phantom(shift: np.ndarray, blob_shift: np.ndarray = np.zeros(3)) -> tuple[np.ndarray, np.ndarray]:
-    """Image and label map ``[I, J, K]`` of two ellipsoids moved by ``shift`` mm, the inner one by ``blob_shift``
-    mm more (a change no affine transform undoes)."""
-    matrix = _affine_matrix()
-    i, j, k = np.meshgrid(*[np.arange(SIZE)] * 3, indexing="ij")
-    x = matrix[0, 0] * i + matrix[0, 3] - shift[0]
-    y = matrix[1, 1] * j + matrix[1, 3] - shift[1]
-    z = matrix[2, 2] * k + matrix[2, 3] - shift[2]
-    body = (x / 20) ** 2 + (y / 14) ** 2 + (z / 17) ** 2
-    blob = ((x - 10 - blob_shift[0]) / 6) ** 2 + ((y + 5 - blob_shift[1]) / 5) ** 2 + ((z - 4 - blob_shift[2]) / 7) ** 2
-    image = 100 * np.exp(-body) + 60 * np.exp(-blob)
-    labels = np.zeros(image.shape, np.int16)
-    labels[body < 1] = 1
-    labels[blob < 1] = 2
-    return image.astype(np.float32), labels
-
-
-def _save(array: np.ndarray, path: Path, matrix: np.ndarray | None = None) -> str:
-    nib.save(nib.Nifti1Image(array, _affine_matrix() if matrix is None else matrix), str(path))
-    return str(path)
 
 
 def _digest(path: str | Path) -> str:
@@ -73,13 +43,13 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("pair")
-    fixed, fixed_labels = _phantom(np.zeros(3))
-    moving, moving_labels = _phantom(SHIFT)
+    fixed, fixed_labels = phantom(np.zeros(3))
+    moving, moving_labels = phantom(SHIFT)
     files = {
-        "fixed": _save(fixed, folder / "fixed.nii.gz"),
-        "moving": _save(moving, folder / "moving.nii.gz"),
-        "fixed_labels": _save(fixed_labels, folder / "fixed_labels.nii.gz"),
-        "moving_labels": _save(moving_labels, folder / "moving_labels.nii.gz"),
+        "fixed": save(fixed, folder / "fixed.nii.gz"),
+        "moving": save(moving, folder / "moving.nii.gz"),
+        "fixed_labels": save(fixed_labels, folder / "fixed_labels.nii.gz"),
+        "moving_labels": save(moving_labels, folder / "moving_labels.nii.gz"),
     }
     files["digests"] = {name: _digest(path) for name, path in files.items()}
     return files
@@ -89,9 +59,9 @@ def pair(tmp_path_factory) -> dict[str, str]:
 def bent_pair(tmp_path_factory) -> dict[str, str]:
     """The phantom pair with the inner ellipsoid moved 3 mm further: the deformable stage has work to do."""
     folder = tmp_path_factory.mktemp("bent")
-    fixed, _ = _phantom(np.zeros(3))
-    moving, _ = _phantom(SHIFT, np.array([3.0, 0.0, -2.0]))
-    return {"fixed": _save(fixed, folder / "fixed.nii.gz"), "moving": _save(moving, folder / "moving.nii.gz")}
+    fixed, _ = phantom(np.zeros(3))
+    moving, _ = phantom(SHIFT, np.array([3.0, 0.0, -2.0]))
+    return {"fixed": save(fixed, folder / "fixed.nii.gz"), "moving": save(moving, folder / "moving.nii.gz")}
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +234,7 @@ def _make_case(case: str, pair: dict, folder: Path) -> tuple[list[str], str]:
     fixed, moving = pair["fixed"], pair["moving"]
     out = str(folder / "out")
     register = ["register", fixed, moving, "-o", out, "--device", "cpu"]
-    image, labels = _phantom(np.zeros(3))
+    image, labels = phantom(np.zeros(3))
     if case == "missing file":
         missing = str(folder / "absent.nii.gz")
         return ["register", missing, moving, "-o", out], missing
@@ -277,38 +247,38 @@ def _make_case(case: str, pair: dict, folder: Path) -> tuple[list[str], str]:
         text.write_text("1 2 3")
         return ["register", fixed, str(text), "-o", out], str(text)
     if case == "2D image":
-        flat = _save(image[:, :, :1], folder / "flat.nii.gz")
+        flat = save(image[:, :, :1], folder / "flat.nii.gz")
         return ["register", flat, moving, "-o", out], flat
     if case == "4D image without channel":
-        four = _save(np.stack([image, image], axis=-1), folder / "four.nii.gz")
+        four = save(np.stack([image, image], axis=-1), folder / "four.nii.gz")
         return ["register", fixed, four, "-o", out], four
     if case == "channel out of range":
-        four = _save(np.stack([image, image], axis=-1), folder / "four.nii.gz")
+        four = save(np.stack([image, image], axis=-1), folder / "four.nii.gz")
         return ["register", four, moving, "-o", out, "--fixed-channel", "2"], four
     if case == "constant image":
-        constant = _save(np.full_like(image, 7.0), folder / "constant.nii.gz")
+        constant = save(np.full_like(image, 7.0), folder / "constant.nii.gz")
         return ["register", fixed, constant, "-o", out], constant
     if case == "NaN":
         bad = image.copy()
         bad[3, 4, 5] = np.nan
-        return ["register", _save(bad, folder / "nan.nii.gz"), moving, "-o", out], str(folder / "nan.nii.gz")
+        return ["register", save(bad, folder / "nan.nii.gz"), moving, "-o", out], str(folder / "nan.nii.gz")
     if case == "inf":
         bad = image.copy()
         bad[3, 4, 5] = np.inf
-        return ["register", fixed, _save(bad, folder / "inf.nii.gz"), "-o", out], str(folder / "inf.nii.gz")
+        return ["register", fixed, save(bad, folder / "inf.nii.gz"), "-o", out], str(folder / "inf.nii.gz")
     if case == "mask on another grid":
-        mask = _save((image > 10).astype(np.uint8)[:-2], folder / "mask.nii.gz")
+        mask = save((image > 10).astype(np.uint8)[:-2], folder / "mask.nii.gz")
         return [*register, "--fixed-mask", mask], mask
     if case == "mask with other geometry":
-        shifted = _affine_matrix()
+        shifted = affine_matrix()
         shifted[0, 3] += 5.0
-        mask = _save((image > 10).astype(np.uint8), folder / "mask.nii.gz", shifted)
+        mask = save((image > 10).astype(np.uint8), folder / "mask.nii.gz", shifted)
         return [*register, "--moving-mask", mask], mask
     if case == "labels on another grid":
-        small = _save(labels[:, :-1], folder / "labels.nii.gz")
+        small = save(labels[:, :-1], folder / "labels.nii.gz")
         return [*register, "--fixed-labels", small, "--moving-labels", pair["moving_labels"]], small
     if case == "float labels":
-        floats = _save(labels.astype(np.float32) + 0.25, folder / "labels.nii.gz")
+        floats = save(labels.astype(np.float32) + 0.25, folder / "labels.nii.gz")
         return [*register, "--fixed-labels", pair["fixed_labels"], "--moving-labels", floats], floats
     if case == "image as init transform":
         return [*register, "--init", fixed], fixed
@@ -328,7 +298,7 @@ def _make_case(case: str, pair: dict, folder: Path) -> tuple[list[str], str]:
     if case == "apply over its input":
         return ["apply", str(folder / "t.tfm"), moving, "--reference", fixed, "-o", moving], moving
     if case == "evaluate float labels":
-        floats = _save(labels.astype(np.float32) + 0.5, folder / "labels.nii.gz")
+        floats = save(labels.astype(np.float32) + 0.5, folder / "labels.nii.gz")
         return ["evaluate", "--fixed-labels", pair["fixed_labels"], "--warped-labels", floats], floats
     raise AssertionError(case)
 
@@ -418,8 +388,8 @@ def test_evaluate_cubes_and_landmarks(tmp_path, capsys):
     warped = np.zeros_like(fixed)
     fixed[5:15, 5:15, 5:15] = 3
     warped[7:17, 5:15, 5:15] = 3
-    fixed_path = _save(fixed, tmp_path / "fixed.nii.gz", matrix)
-    warped_path = _save(warped, tmp_path / "warped.nii.gz", matrix)
+    fixed_path = save(fixed, tmp_path / "fixed.nii.gz", matrix)
+    warped_path = save(warped, tmp_path / "warped.nii.gz", matrix)
     rng = np.random.default_rng(1)
     points = rng.uniform(-50, 50, size=(20, 3))
     translation = np.array([3.0, 4.0, 0.0])

@@ -668,7 +668,7 @@ def test_panel_and_batch_choices_are_the_settings_vocabulary_and_the_ui_lists_th
         "device": ["auto", "cpu", "cuda"],
         "preset": ["default", "large-motion"],
     }
-    assert (choices["method"], choices["transform_family"]) == (list(settings.METHODS), list(settings.FAMILIES))
+    assert (choices["method"], choices["transform_family"]) == (list(settings.ITERATIVE_METHODS), list(settings.FAMILIES))
     assert (choices["metric"], choices["device"], choices["preset"]) == (list(settings.METRIC_CHOICES), list(settings.DEVICES), list(settings.PRESETS))
     tree = ET.parse(MODULE_FOLDER / "Resources" / "UI" / "RegSegRegistration.ui")
     listed = {}

@@ -18,18 +18,17 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from RegSegLib.networks.affine import AffineParamsNet, half_span, network_theta, rotation_from_6d
+from RegSegLib.networks.affine import AffineParamsNet, fit_affine, half_span, network_theta, rotation_from_6d, weighted_barycentres
 from RegSegLib.training.callbacks import BestModelSelection, RelativeEarlyStopping, improves
 from RegSegLib.training.config import AffineParamsConfig, BaseConfig, DataConfig, register_configs
 from RegSegLib.training.data import (
     PairSampler,
     find_samples,
-    network_grid,
-    network_input,
     random_rotation,
     random_transform,
     split_patients,
 )
+from RegSegLib.networks.inputs import network_grid, network_input
 from RegSegLib.training.launch import CONFIG_FOLDER
 from RegSegLib.training.runner import TrainingError, continue_config, epoch_batches, run_training, to_config
 from RegSegLib.transforms import AffineTransform, fields
@@ -373,3 +372,34 @@ def test_ddp_with_two_cpu_processes_trains_on_both_shares(dataset, tmp_path):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_step"] == 2  # 8 pairs, 4 per process, batches of 2
     assert summary["best"]["loss"] is not None and math.isfinite(summary["best"]["loss"])
+
+
+@pytest.mark.parametrize("family", ["rigid", "similarity", "affine"])
+def test_the_weighted_least_squares_fit_recovers_a_known_transform(family):
+    rng = np.random.default_rng(5)
+    rotation = random_rotation(rng, 180.0)
+    linear = rotation * (1.07 if family == "similarity" else 1.0)
+    if family == "affine":
+        linear = rotation @ np.diag([1.1, 0.9, 1.05]) @ np.array([[1, 0.04, -0.03], [0, 1, 0.05], [0, 0, 1]])
+    truth = np.eye(4)
+    truth[:3, :3], truth[:3, 3] = linear, rng.uniform(-5, 5, 3)
+    source = rng.uniform(-20, 20, (2, 40, 3))
+    target = source @ linear.T + truth[:3, 3]
+    weights = rng.uniform(0.1, 1.0, (2, 40))
+    fitted = fit_affine(torch.from_numpy(source), torch.from_numpy(target), torch.from_numpy(weights), family)
+    assert torch.allclose(fitted, torch.from_numpy(truth).expand(2, 4, 4), atol=1e-5)
+    noisy = target + rng.normal(0, 1, target.shape) * (weights[..., None] < 0.2)
+    confident = fit_affine(torch.from_numpy(source), torch.from_numpy(noisy), torch.from_numpy(weights**4), family)
+    uniform = fit_affine(torch.from_numpy(source), torch.from_numpy(noisy), torch.ones(2, 40, dtype=torch.float64), family)
+    assert (confident - torch.from_numpy(truth)).abs().max() < (uniform - torch.from_numpy(truth)).abs().max()
+
+
+def test_barycentres_are_where_the_heat_maps_peak():
+    maps = torch.full((1, 2, 9, 11, 13), -30.0)
+    maps[0, 0, 2, 5, 9] = 30.0
+    maps[0, 1, :, :, :] = 0.0
+    points, confidence = weighted_barycentres(maps)
+    assert torch.allclose(points[0, 0], torch.tensor([9 - 6.0, 5 - 5.0, 2 - 4.0]), atol=1e-4)
+    assert torch.allclose(points[0, 1], torch.zeros(3), atol=1e-5)
+    assert confidence[0, 0] > 0.99 and confidence[0, 1] < 0.1
+

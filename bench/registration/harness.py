@@ -20,12 +20,12 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from bench.common import ProcessResult, run_process, thread_environment
+from bench.common import ProcessResult, markdown_table, run_process, thread_environment
 from RegSegLib import geometry
 from RegSegLib.errors import InputError
 from RegSegLib.io import read_transform, read_volume, write_volume
@@ -56,7 +56,8 @@ class Run:
 
     Attributes:
         method: ``regseg``, ``ants`` or ``elastix``.
-        kind: ``affine`` or ``deformable`` (an affine stage, then a deformable one).
+        kind: ``affine``, ``deformable`` (an affine stage, then a deformable one) or ``network`` (RegSeg's
+            ``--method network``: a model's prediction alone).
         family: affine family the suite asks for (``rigid``, ``similarity``, ``anisotropic``, ``affine``);
             ``None``: the method's default (RegSeg is then given no ``--transform``).
         flags: RegSeg tuning flags; a run with flags is labelled ``tuned``, one without ``defaults``.
@@ -85,6 +86,8 @@ class Run:
             return "SyN" if self.kind == "deformable" else ANTS_TYPES[family]
         if self.method == "elastix":
             return "affine + bspline" if self.kind == "deformable" else " + ".join(ELASTIX_MAPS[family])
+        if self.kind == "network":
+            return f"network ({family})"
         return "affine + deformable" if self.kind == "deformable" else family
 
     @property
@@ -465,6 +468,41 @@ def row_base(run: Run) -> dict[str, Any]:
 def initial_base() -> dict[str, Any]:
     """The identifying fields of the row before registration."""
     return {"method": "initial", "transform": "identity", "run": "", "flags": ""}
+
+
+def point_rows(
+    ctx: "Context",
+    variants: Sequence[Run],
+    where: Sequence[str],
+    fixed: str,
+    moving: str,
+    base: dict[str, Any],
+    points: np.ndarray,
+    score: Callable[[np.ndarray], dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Registers one pair with each variant and scores where its transform maps ``points`` (``score`` of
+    the mapped points): one row per variant, a failed job or evaluation marked, job folders cleaned up."""
+    rows = []
+    for variant in variants:
+        job = ctx.register(variant, where, fixed, moving)
+        row = {**base, **row_base(variant), **job.measured}
+        if not job.failed:
+            with evaluating(row):
+                row.update(score(ctx.export(job, points=points).points))
+        rows.append(row)
+        ctx.finish(job)
+    return rows
+
+
+def error_table(summary: Sequence[dict], by: str, header: str, count: str) -> str:
+    """The table of point-mapping errors (mean, p95, max mm) and costs, one row per summary of
+    :func:`summarize` grouped by ``by`` (shown as ``header``; ``count`` names the column of cases)."""
+    return markdown_table(
+        [header, "method", "transform", "run", count, "failed", "mean error mm", "p95 mm", "max mm", *COST_HEADERS],
+        [[s[by], *variant_cells(s), s["cases"], s["failed"], s["mean_mm"], s["p95_mm"], s["max_mm"], *cost_cells(s)]
+         for s in summary],
+        digits=[0, 0, 0, 0, 0, 0, 2, 2, 2, *COST_DIGITS],
+    )
 
 
 def summarize(

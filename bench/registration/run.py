@@ -9,7 +9,7 @@ Usage (from the repository root)::
     python bench/registration/run.py --suites 1,2 --quick     # a small subset in a few minutes
 
 Suites (BENCHMARKS.md): 1 brain-mr, 2 prostate-mr-us, 3 lung-vessels, 4 known-transform recovery,
-5 multi-modal prostate, 6 scaling (on the CPU unless ``--device`` says otherwise). Each suite writes
+5 multi-modal prostate, 6 scaling (on the CPU unless ``--device`` says otherwise), 7 large rotations (HyReg). Each suite writes
 ``<out>/registration_s<N>_<name>[_quick].md`` and ``.json`` with the machine, versions, date and command.
 """
 
@@ -31,6 +31,7 @@ SUITES = {
     4: ("known-transforms", "bench.registration.suite_known"),
     5: ("multimodal", "bench.registration.suite_multimodal"),
     6: ("scaling", "bench.registration.suite_scaling"),
+    7: ("large-rotations", "bench.registration.suite_rotations"),
 }
 PEERS = ("regseg", "ants", "elastix")
 

@@ -20,13 +20,12 @@ from bench.registration.harness import (
     Run,
     commands_section,
     cost_cells,
-    evaluating,
     failures_section,
     initial_base,
     log,
+    point_rows,
     point_errors,
     resample_to_spacing,
-    row_base,
     summarize,
     variant_cells,
     write_nifti,
@@ -116,16 +115,11 @@ def run(ctx: Context) -> tuple[str, dict]:
         if pair["kind"] == "affine":
             base["true_matrix"] = pair["truth"].matrix.tolist()
         rows.append({**base, **initial_base(), **transform_error(points, target)})
-        for variant in runs(ctx, pair):
-            if variant not in commands:
-                commands.append(variant)
-            job = ctx.register(variant, ["known", key], fixed_path, moving_path)
-            row = {**base, **row_base(variant), **job.measured}
-            if not job.failed:
-                with evaluating(row):
-                    row.update(transform_error(ctx.export(job, points=points).points, target))
-            rows.append(row)
-            ctx.finish(job)
+        variants = runs(ctx, pair)
+        commands += [variant for variant in variants if variant not in commands]
+        rows += point_rows(
+            ctx, variants, ["known", key], fixed_path, moving_path, base, points, lambda mapped: transform_error(mapped, target)
+        )
     summary = summarize(rows, ["mean_mm", "p95_mm", "max_mm"], by=["volume", "family"])
     table = markdown_table(
         ["volume", "mapping", "method", "transform", "run", "pairs", "failed", "mean error mm", "p95 mm", "max mm",

@@ -12,22 +12,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.common import SHARED_DATA, markdown_table
+from bench.common import SHARED_DATA
 from bench.registration.harness import (
-    COST_DIGITS,
-    COST_HEADERS,
     Context,
     commands_section,
-    cost_cells,
-    evaluating,
+    error_table,
     failures_section,
     initial_base,
     log,
+    point_rows,
     point_errors,
-    row_base,
     runs_for,
     summarize,
-    variant_cells,
     write_nifti,
 )
 from RegSegLib import geometry
@@ -78,21 +74,12 @@ def run(ctx: Context) -> tuple[str, dict]:
             target = geometry.transform_points(truth, points)
             base = {"pair": name, "trial": trial, "points": len(points), "true_matrix": truth.tolist()}
             rows.append({**base, **initial_base(), **errors(points, target)})
-            for variant in chosen:
-                job = ctx.register(variant, ["multimodal", f"pair{pair_index}_{trial}"], fixed_path, moving_path)
-                row = {**base, **row_base(variant), **job.measured}
-                if not job.failed:
-                    with evaluating(row):
-                        row.update(errors(ctx.export(job, points=points).points, target))
-                rows.append(row)
-                ctx.finish(job)
+            rows += point_rows(
+                ctx, chosen, ["multimodal", f"pair{pair_index}_{trial}"], fixed_path, moving_path, base, points,
+                lambda mapped: errors(mapped, target),
+            )
     summary = summarize(rows, ["mean_mm", "p95_mm", "max_mm"], by=["pair"])
-    table = markdown_table(
-        ["pair", "method", "transform", "run", "trials", "failed", "mean error mm", "p95 mm", "max mm", *COST_HEADERS],
-        [[s["pair"], *variant_cells(s), s["cases"], s["failed"], s["mean_mm"], s["p95_mm"], s["max_mm"], *cost_cells(s)]
-         for s in summary],
-        digits=[0, 0, 0, 0, 0, 0, 2, 2, 2, *COST_DIGITS],
-    )
+    table = error_table(summary, "pair", "pair", "trials")
     body = "\n".join([
         "## Suite 5: multi-modal prostate MR (T2 fixed <- DWI / ADC moving)",
         "",
