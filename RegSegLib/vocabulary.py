@@ -28,3 +28,7 @@ MULTI_MODAL_METRICS: tuple[str, ...] = ("mi", "mind")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 """Device choices: ``auto`` is CUDA when available, else CPU."""
 
+
+AFFINE_ARCHITECTURES: tuple[str, ...] = ("affine_params", "affine_matrix")
+"""Affine network architectures (the training configs' model group): parameter regression, keypoint matrix
+estimation."""

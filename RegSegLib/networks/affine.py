@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from RegSegLib.transforms import fields
-from RegSegLib.vocabulary import FAMILIES
+from RegSegLib.vocabulary import AFFINE_ARCHITECTURES, FAMILIES
 
 HEAD_SIZES: dict[str, tuple[int, int, int]] = {
     "rigid": (0, 0, 0),
@@ -320,8 +320,9 @@ def torchscript_bytes(network: nn.Module, shape_dhw: Sequence[int]) -> bytes:
 
 def build_affine_network(name: str, args: dict) -> nn.Module:
     """The network of a ``model_config``: ``affine_params`` or ``affine_matrix`` with its arguments."""
-    if name == "affine_params":
+    regression, keypoints = AFFINE_ARCHITECTURES
+    if name == regression:
         return AffineParamsNet(args["family"], args["fusion"], args["widen_factor"], args["cascade"])
-    if name == "affine_matrix":
+    if name == keypoints:
         return AffineMatrixNet(args["family"], args["keypoints"], args["features"])
-    raise ValueError(f"unknown affine architecture {name!r}; choose affine_params or affine_matrix")
+    raise ValueError(f"unknown affine architecture {name!r}; choose one of {', '.join(AFFINE_ARCHITECTURES)}")

@@ -22,6 +22,7 @@ import torch
 from RegSegLib.errors import InputError
 from RegSegLib.transforms import AffineTransform
 from RegSegLib.volume import Volume
+from RegSegLib.vocabulary import AFFINE_ARCHITECTURES
 
 
 @dataclass
@@ -66,7 +67,7 @@ def load_affine_model(source: str, device: str | torch.device = "cpu") -> Affine
         if model.entry.task != "affine":
             raise InputError(source, f"is a {model.entry.task} model, not an affine one")
         record = store.load_weights(source)
-    if not isinstance(record, dict) or record.get("architecture") not in ("affine_params", "affine_matrix") or "config" not in record:
+    if not isinstance(record, dict) or record.get("architecture") not in AFFINE_ARCHITECTURES or "config" not in record:
         raise InputError(source, "is not an affine registration model (no affine_params or affine_matrix record)")
     config: dict[str, Any] = record["config"]
     args = config["model_config"]["model_args"]

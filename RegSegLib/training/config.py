@@ -23,7 +23,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from RegSegLib.validation import SettingsError, check_choice, check_positive
-from RegSegLib.vocabulary import DEVICES, FAMILIES
+from RegSegLib.vocabulary import AFFINE_ARCHITECTURES, DEVICES, FAMILIES
 
 SCHEDULERS: dict[str, bool] = {
     "none": False,
@@ -325,8 +325,8 @@ def scheduler_epoch_warning(scheduler: LRSchedulerConfig, planned_epochs: int, e
     return None
 
 
-MODEL_CONFIGS: dict[str, type[ModelConfig]] = {"affine_params": AffineParamsConfig, "affine_matrix": AffineMatrixConfig}
-"""The model group: ``model_config`` name -> its dataclass."""
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = dict(zip(AFFINE_ARCHITECTURES, (AffineParamsConfig, AffineMatrixConfig)))
+"""The model group: ``model_config`` name (:data:`RegSegLib.vocabulary.AFFINE_ARCHITECTURES`) -> its dataclass."""
 
 
 def register_configs() -> None:

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 from RegSegLib.training.callbacks import BestModelSelection, InnerEvaluation, LoaderPosition, RelativeEarlyStopping
 from RegSegLib.training.config import MODEL_CONFIGS, BaseConfig, scheduler_epoch_warning
+from RegSegLib.vocabulary import AFFINE_ARCHITECTURES
 from RegSegLib.training.data import PairSampler, ResumableLoader, SyntheticPairs, find_samples, split_patients
 
 CONFIG_FILE = "config.yaml"
@@ -160,8 +161,12 @@ def _logger(config: BaseConfig, folder: Path) -> Any:
     its own part (``logs/part0``, ``logs/part1``, ...), the steps continuing."""
     part = f"part{len(list((folder / 'logs').glob('part*')))}"
     if config.logger == "tensorboard":
+        from importlib.util import find_spec
+
         from lightning.pytorch.loggers import TensorBoardLogger
 
+        if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
+            raise TrainingError("logger=tensorboard needs the tensorboard package (pip install tensorboard); logger=csv needs nothing")
         return TensorBoardLogger(folder, name="logs", version=part)
     if config.logger == "clearml":
         try:
@@ -222,7 +227,7 @@ def _last_checkpoint(folder: Path, **when: Any) -> ModelCheckpoint:
 
 def build_module(config: BaseConfig) -> Any:
     """The Lightning module of the config's model (``model_config.name``)."""
-    if config.model_config.name in ("affine_params", "affine_matrix"):
+    if config.model_config.name in AFFINE_ARCHITECTURES:
         from RegSegLib.training.affine_module import AffineRegistrationModule
 
         return AffineRegistrationModule(config)

@@ -403,3 +403,32 @@ def test_barycentres_are_where_the_heat_maps_peak():
     assert torch.allclose(points[0, 1], torch.zeros(3), atol=1e-5)
     assert confidence[0, 0] > 0.99 and confidence[0, 1] < 0.1
 
+
+
+def test_the_script_runs_a_multirun_with_overrides(dataset, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(REPOSITORY / "Scripts/run_affine_training.py"), "-m", "data.n_folds=2", "data.fold=0,1",
+         *[item for item in tiny(dataset, f"output_dir={tmp_path}", "epochs=1", "data.pairs_per_epoch=4",
+                                  "model_config.model_args.widen_factor=0.125") if not item.startswith("data.n_folds")],
+         "hydra.job.chdir=false"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    folders = sorted(path for path in tmp_path.glob("affine-fold*") if path.is_dir())
+    assert [folder.name.split("-")[1] for folder in folders] == ["fold0", "fold1"]
+    splits = [continue_config(folder, [])[0].data for folder in folders]
+    assert [split.fold for split in splits] == [0, 1]
+    assert splits[0].validation_patients != splits[1].validation_patients
+    assert all((folder / "best-loss" / "model.pt").is_file() for folder in folders)
+
+
+def test_list_models_describes_each_architecture_for_an_input_size(capsys):
+    from RegSegLib import cli
+
+    assert cli.main(["train", "list-models", "--input-size", "1@32x32x32"]) == 0
+    out = capsys.readouterr().out
+    assert "affine_params:" in out and "affine_matrix:" in out and "output: transform [1, 4, 4]" in out
+    parameters = int(out.split("affine_params: ")[1].split(" parameters")[0].replace(",", ""))
+    assert parameters == sum(p.numel() for p in AffineParamsNet(widen_factor=0.25).parameters())
+    assert cli.main(["train", "list-models", "--input-size", "1@32x32"]) == 2
+    assert "is not C@DxHxW" in capsys.readouterr().err
