@@ -76,6 +76,10 @@ class DataConfig:
         max_translation: largest translation of the synthetic pairs along each axis, as a fraction of the
             half span of the network grid.
         max_rotation_deg: largest rotation angle of the synthetic pairs (180: the whole sphere).
+        rotation_curriculum_epochs: epochs over which the largest angle grows linearly from
+            ``curriculum_start_deg`` to ``max_rotation_deg`` (0: ``max_rotation_deg`` from the start); small
+            rotations first, which a regression network learns sooner.
+        curriculum_start_deg: the largest angle of the first epoch of the curriculum.
         max_scale: largest relative scale deviation (similarity, anisotropic, affine families).
         max_shear: largest shear (affine family).
         pairs_per_epoch: synthetic pairs drawn from the training volumes per epoch.
@@ -102,6 +106,8 @@ class DataConfig:
     spacing_mm: Optional[float] = None
     max_translation: float = 0.2
     max_rotation_deg: float = 180.0
+    rotation_curriculum_epochs: int = 0
+    curriculum_start_deg: float = 30.0
     max_scale: float = 0.1
     max_shear: float = 0.05
     pairs_per_epoch: int = 64
@@ -129,8 +135,10 @@ class DataConfig:
             check_positive(self.spacing_mm, "data.spacing_mm")
         if not 0.0 <= self.max_translation < 1.0:
             raise SettingsError(f"data.max_translation must be in [0, 1), got {self.max_translation}")
-        if not 0.0 <= self.max_rotation_deg <= 180.0:
-            raise SettingsError(f"data.max_rotation_deg must be in [0, 180], got {self.max_rotation_deg}")
+        for name in ("max_rotation_deg", "curriculum_start_deg"):
+            if not 0.0 <= getattr(self, name) <= 180.0:
+                raise SettingsError(f"data.{name} must be in [0, 180], got {getattr(self, name)}")
+        check_positive(self.rotation_curriculum_epochs, "data.rotation_curriculum_epochs", integer=True, zero_allowed=True)
         for name in ("max_scale", "max_shear"):
             value = getattr(self, name)
             if not 0.0 <= value < 0.5:

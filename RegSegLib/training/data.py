@@ -162,10 +162,22 @@ class TransformTarget:
         return out
 
 
-def random_transform(rng: np.random.Generator, family: str, data: DataConfig, half_span_mm: np.ndarray) -> TransformTarget:
+def largest_angle(data: DataConfig, epoch: int) -> float:
+    """The largest rotation angle (degrees) of an epoch's pairs: ``max_rotation_deg``, or during the
+    rotation curriculum the linear ramp from ``curriculum_start_deg``."""
+    if data.rotation_curriculum_epochs == 0 or epoch >= data.rotation_curriculum_epochs:
+        return data.max_rotation_deg
+    start = min(data.curriculum_start_deg, data.max_rotation_deg)
+    return start + (data.max_rotation_deg - start) * epoch / data.rotation_curriculum_epochs
+
+
+def random_transform(
+    rng: np.random.Generator, family: str, data: DataConfig, half_span_mm: np.ndarray, epoch: int | None = None
+) -> TransformTarget:
     """A random transform of ``family`` within the ranges of ``data`` (translations as fractions of the
-    grid's half span ``half_span_mm`` ``[3]``)."""
-    rotation = random_rotation(rng, data.max_rotation_deg)
+    grid's half span ``half_span_mm`` ``[3]``; rotations up to :func:`largest_angle` of ``epoch``, or
+    ``max_rotation_deg`` when it is ``None``)."""
+    rotation = random_rotation(rng, data.max_rotation_deg if epoch is None else largest_angle(data, epoch))
     translation = rng.uniform(-data.max_translation, data.max_translation, size=3) * np.asarray(half_span_mm)
     log_range = math.log1p(data.max_scale)
     if family == "rigid":
@@ -335,7 +347,7 @@ class SyntheticPairs(Dataset):
         rng = np.random.default_rng([self.seed, int(key)])
         image, labels = self._volume(self._draw(rng))
         spacing = network_spacing([image.grid], self.data.shape, self.data.spacing_mm)
-        target = random_transform(rng, self.family, self.data, spacing * self.span.double().numpy())
+        target = random_transform(rng, self.family, self.data, spacing * self.span.double().numpy(), int(key) // len(self))
         centre = image.grid.centre_ras
         grid = network_grid(centre, self.data.shape, spacing)
         to_volume = np.eye(4)

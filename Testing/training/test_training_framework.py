@@ -24,6 +24,7 @@ from RegSegLib.training.config import AffineParamsConfig, BaseConfig, DataConfig
 from RegSegLib.training.data import (
     PairSampler,
     find_samples,
+    largest_angle,
     random_rotation,
     random_transform,
     split_patients,
@@ -432,3 +433,15 @@ def test_list_models_describes_each_architecture_for_an_input_size(capsys):
     assert parameters == sum(p.numel() for p in AffineParamsNet(widen_factor=0.25).parameters())
     assert cli.main(["train", "list-models", "--input-size", "1@32x32"]) == 2
     assert "is not C@DxHxW" in capsys.readouterr().err
+
+
+def test_the_rotation_curriculum_widens_the_angles_epoch_by_epoch(dataset):
+    data = DataConfig(roots=[str(dataset)], rotation_curriculum_epochs=10, curriculum_start_deg=30.0, max_rotation_deg=180.0)
+    assert [largest_angle(data, epoch) for epoch in (0, 5, 10, 50)] == [30.0, 105.0, 180.0, 180.0]
+    assert largest_angle(DataConfig(roots=[str(dataset)], max_rotation_deg=90.0), 0) == 90.0
+    rng = np.random.default_rng(0)
+    angles = [
+        np.degrees(np.arccos(np.clip((np.trace(random_transform(rng, "rigid", data, np.ones(3), 0).rotation) - 1) / 2, -1, 1)))
+        for _ in range(300)
+    ]
+    assert max(angles) <= 30.0 + 1e-6 and max(angles) > 25.0
