@@ -116,7 +116,8 @@ def epoch_batches(pairs: int, batch_size: int, rank: int, world_size: int) -> in
 
 
 class PairDataModule(LightningDataModule):
-    """Training and validation synthetic pairs of the split's patients (this process's share under DDP)."""
+    """Training and validation synthetic pairs of the split's patients (this process's share under DDP);
+    the validation pairs span the whole rotation range from the start, whatever the curriculum."""
 
     def __init__(self, config: BaseConfig, family: str) -> None:
         super().__init__()
@@ -140,7 +141,7 @@ class PairDataModule(LightningDataModule):
 
     def val_dataloader(self) -> ResumableLoader:
         data = self.config.data
-        validation = replace(data, pairs_per_epoch=data.validation_pairs)
+        validation = replace(data, pairs_per_epoch=data.validation_pairs, rotation_curriculum_epochs=0)
         dataset = SyntheticPairs(self.validation_samples, validation, self.family, self.config.seed + 1)
         sampler = PairSampler(len(dataset), self.trainer.global_rank, self.trainer.world_size, fixed_epoch=0)
         return self._loader(dataset, sampler, self.config.seed + 1)
