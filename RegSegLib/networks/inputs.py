@@ -35,6 +35,17 @@ def network_spacing(grids: Sequence[Grid], shape_dhw: Sequence[int], spacing_mm:
     return max(float(np.max(grid.extent_mm)) for grid in grids) / max(int(n) for n in shape_dhw)
 
 
+def prepared_for(volume: Volume, spacing_mm: float) -> Volume:
+    """The first channel of ``volume`` smoothed and reduced for sampling at ``spacing_mm``
+    (:func:`RegSegLib.ops.pyramid.downsample`: smoothing and sampling one axis at a time, which makes a
+    1 mm brain cheap to bring to a network's few-mm grid); read it onto network grids with
+    :func:`network_input`."""
+    from RegSegLib.ops.pyramid import downsample
+
+    first = Volume(volume.data[:1].float(), volume.ijk_to_ras)
+    return downsample(first, np.full(3, spacing_mm))
+
+
 def network_input(volume: Volume, grid: Grid, transform: AffineTransform | None = None) -> torch.Tensor:
     """The first channel of ``volume`` read through ``transform`` on a network grid, robustly scaled to
     [0, 1] (0.5 and 99.5 percentiles), ``[1, D, H, W]`` float32; zero outside the volume."""

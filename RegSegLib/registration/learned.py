@@ -116,14 +116,13 @@ def predict_affine(model: AffineModel, fixed: Volume, moving: Volume) -> AffineT
     Each image is read onto its network grid (centred on its own field of view, axis-aligned, isotropic),
     robustly scaled to [0, 1], and both go through the network once.
     """
-    from RegSegLib.ops.pyramid import antialiased
-    from RegSegLib.networks.inputs import network_grid, network_input, network_spacing
+    from RegSegLib.networks.inputs import network_grid, network_input, network_spacing, prepared_for
 
     spacing = network_spacing([fixed.grid, moving.grid], model.shape, model.spacing_mm)
     device = next(model.network.parameters()).device
     inputs = []
     for volume in (moving, fixed):
-        image = antialiased(Volume(volume.data[:1].float(), volume.ijk_to_ras), np.full(3, spacing))
+        image = prepared_for(volume, spacing)
         inputs.append(network_input(image, network_grid(volume.grid.centre_ras, model.shape, spacing))[None].to(device))
     output = model.network(*inputs)
     total = output if isinstance(output, torch.Tensor) else output[0]

@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from RegSegLib.networks.affine import half_span
-from RegSegLib.networks.inputs import network_grid, network_input, network_spacing
+from RegSegLib.networks.inputs import network_grid, network_input, network_spacing, prepared_for
 from RegSegLib.ops.intensity import robust_scale
-from RegSegLib.ops.pyramid import antialiased
 from RegSegLib.training.config import DataConfig
 from RegSegLib.transforms import AffineTransform, resample
 from RegSegLib.volume import Volume
@@ -321,14 +320,14 @@ class SyntheticPairs(Dataset):
         return self.data.pairs_per_epoch
 
     def _volume(self, index: int) -> tuple[Volume, Optional[Volume]]:
-        """The image (antialiased for the network spacing) and label map of sample ``index``, cached."""
+        """The image (:func:`~RegSegLib.networks.inputs.prepared_for` the network spacing) and label map of
+        sample ``index``, cached."""
         if index not in self._cache:
             from RegSegLib.io.checks import read_image, read_labels
 
             sample = self.samples[index]
             image = read_image(str(sample.image))
-            spacing = network_spacing([image.grid], self.data.shape, self.data.spacing_mm)
-            image = antialiased(Volume(image.data[:1].float(), image.ijk_to_ras), np.full(3, spacing))
+            image = prepared_for(image, network_spacing([image.grid], self.data.shape, self.data.spacing_mm))
             labels = read_labels(str(sample.labels)) if sample.labels is not None else None
             self._cache[index] = (image, labels)
         return self._cache[index]
