@@ -194,6 +194,6 @@ if __name__ == "__main__":
         status = main(sys.argv[1:])
     finally:  # even on KeyboardInterrupt or SystemExit from deep inside: Slicer would otherwise stay alive
         make_modules_importable()
-        from RegSegLib.cli.runtime import exit_with
+        from RegSegLib.process import exit_with
 
         exit_with(status)

@@ -258,14 +258,3 @@ class StagingFolder:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def exit_with(code: int) -> None:
-    """Ends the process: ``slicer.util.exit`` inside the Slicer application, ``sys.exit`` elsewhere."""
-    slicer = sys.modules.get("slicer")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if getattr(slicer, "app", None) is not None:
-        slicer.util.exit(code)
-    else:
-        sys.exit(code)

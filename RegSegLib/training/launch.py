@@ -21,7 +21,7 @@ def launch(config_name: str) -> None:
     from omegaconf import DictConfig
     from omegaconf.errors import OmegaConfBaseException
 
-    from RegSegLib.cli.runtime import exit_with
+    from RegSegLib.process import exit_with
     from RegSegLib.errors import RegSegError
     from RegSegLib.training.config import register_configs
     from RegSegLib.training.runner import TrainingError, continue_config, run_training, to_config
