@@ -141,6 +141,13 @@ def ras_to_normalized(ijk_to_ras: np.ndarray, shape_kji: Sequence[int]) -> np.nd
     return ijk_to_normalized(shape_kji) @ np.linalg.inv(np.asarray(ijk_to_ras, dtype=np.float64))
 
 
+def axis_angle_rotation(axis: np.ndarray, angle_rad: float) -> np.ndarray:
+    """The ``[3, 3]`` rotation by ``angle_rad`` about ``axis`` (RAS, any length), right-handed (Rodrigues)."""
+    unit = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    cross = np.array([[0.0, -unit[2], unit[1]], [unit[2], 0.0, -unit[0]], [-unit[1], unit[0], 0.0]])
+    return np.eye(3) + np.sin(angle_rad) * cross + (1.0 - np.cos(angle_rad)) * cross @ cross
+
+
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Applies a homogeneous ``[4, 4]`` matrix to ``[..., 3]`` points."""
     points = np.asarray(points, dtype=np.float64)

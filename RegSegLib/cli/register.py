@@ -193,6 +193,13 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
         from RegSegLib.transforms import CompositeTransform, field_from_transform
 
         device = resolve_device(args.device)
+        model, network_seconds = None, None
+        if args.model:  # a missing or unreadable model is refused before the volumes are read
+            from RegSegLib.registration.learned import load_affine_model, predict_affine
+
+            network_started = time.perf_counter()
+            model = load_affine_model(args.model, device)
+            network_seconds = time.perf_counter() - network_started
         started = time.perf_counter()
         fixed = read_image(args.fixed, args.fixed_channel, "--fixed-channel")
         moving = read_image(args.moving, args.moving_channel, "--moving-channel")
@@ -202,14 +209,11 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
         moving_labels = read_labels(args.moving_labels, moving, args.moving) if args.moving_labels else None
         initial = read_transform(args.init) if args.init else None
         read_seconds = time.perf_counter() - started
-        network_seconds = None
-        if args.model:
-            from RegSegLib.registration.learned import load_affine_model, predict_affine
-
+        if model is not None:
             report(0.04, "network prediction")
             network_started = time.perf_counter()
-            initial = predict_affine(load_affine_model(args.model, device), fixed, moving)
-            network_seconds = time.perf_counter() - network_started
+            initial = predict_affine(model, fixed, moving)
+            network_seconds += time.perf_counter() - network_started
 
         result = register(
             fixed,

@@ -31,19 +31,14 @@ from torch import nn
 from RegSegLib.transforms import fields
 from RegSegLib.vocabulary import AFFINE_ARCHITECTURES, FAMILIES
 
-HEAD_SIZES: dict[str, tuple[int, int, int]] = {
-    "rigid": (0, 0, 0),
-    "similarity": (1, 0, 0),
-    "anisotropic": (3, 0, 0),
-    "affine": (3, 3, 0),
-}
-"""Family -> (log-scales, shears, unused) predicted beside the 6D rotation and the translation."""
+HEAD_SIZES: dict[str, tuple[int, int]] = {"rigid": (0, 0), "similarity": (1, 0), "anisotropic": (3, 0), "affine": (3, 3)}
+"""Family -> (log-scales, shears) predicted beside the 6D rotation and the translation."""
 IDENTITY_6D = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 def head_size(family: str) -> int:
     """Outputs of the head for a family: 6 (rotation) + 3 (translation) + scales + shears."""
-    scales, shears, _ = HEAD_SIZES[family]
+    scales, shears = HEAD_SIZES[family]
     return 9 + scales + shears
 
 
@@ -195,6 +190,19 @@ def weighted_barycentres(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return centres, 1.0 / (spread.clamp(min=0.0) + 1.0)
 
 
+def closest_rotation(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotation closest to each ``[B, 3, 3]`` matrix (Frobenius norm; a reflection is never returned) and
+    its singular values ``[B, 3]``, the last with the sign that the reflection correction gave it.
+
+    ``U diag(1, 1, det(U V^T)) V^T`` of the singular value decomposition ``U S V^T``: the polar rotation of a
+    linear part, and Kabsch's rotation when ``matrix`` is a cross-covariance of target and source points.
+    """
+    left, singular, right_t = torch.linalg.svd(matrix)
+    sign = torch.sign(torch.linalg.det(left @ right_t))
+    correction = torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], dim=1)
+    return left @ torch.diag_embed(correction) @ right_t, singular * correction
+
+
 def fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, family: str, ridge: float = 0.0) -> torch.Tensor:
     """The weighted least-squares transform ``[B, 4, 4]`` of a family mapping points ``source`` onto
     ``target`` (``[B, K, 3]``, weights ``[B, K]``): Kabsch for ``rigid``, Umeyama's scale for
@@ -206,13 +214,9 @@ def fit_affine(source: torch.Tensor, target: torch.Tensor, weights: torch.Tensor
     source_mean, target_mean = (w * source).sum(dim=1), (w * target).sum(dim=1)
     x, y = source - source_mean[:, None], target - target_mean[:, None]
     if family in ("rigid", "similarity"):
-        covariance = (w * y).transpose(1, 2) @ x
-        left, singular, right_t = torch.linalg.svd(covariance)
-        sign = torch.sign(torch.linalg.det(left @ right_t))
-        correction = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], dim=1))
-        linear = left @ correction @ right_t
+        linear, signed_singular = closest_rotation((w * y).transpose(1, 2) @ x)
         if family == "similarity":
-            scale = (singular * correction.diagonal(dim1=1, dim2=2)).sum(dim=1) / (w[..., 0] * x.pow(2).sum(dim=2)).sum(dim=1)
+            scale = signed_singular.sum(dim=1) / (w[..., 0] * x.pow(2).sum(dim=2)).sum(dim=1)
             linear = linear * scale[:, None, None]
     else:
         normal = (w * x).transpose(1, 2) @ x
@@ -230,12 +234,9 @@ def project(matrix: torch.Tensor, family: str) -> torch.Tensor:
     decomposition (``rigid``), times the mean singular value (``similarity``); unchanged otherwise."""
     if family not in ("rigid", "similarity"):
         return matrix
-    left, singular, right_t = torch.linalg.svd(matrix[:, :3, :3])
-    sign = torch.sign(torch.linalg.det(left @ right_t))
-    correction = torch.diag_embed(torch.stack([torch.ones_like(sign), torch.ones_like(sign), sign], dim=1))
-    linear = left @ correction @ right_t
+    linear, signed_singular = closest_rotation(matrix[:, :3, :3])
     if family == "similarity":
-        linear = linear * singular.mean(dim=1)[:, None, None]
+        linear = linear * signed_singular.abs().mean(dim=1)[:, None, None]
     out = matrix.clone()
     out[:, :3, :3] = linear
     return out

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import torch
 from lightning.pytorch import LightningModule
 
-from RegSegLib.networks.affine import build_affine_network, half_span
+from RegSegLib.networks.affine import build_affine_network, closest_rotation, half_span
 from RegSegLib.training.config import BaseConfig, LRSchedulerConfig
 
 
@@ -64,12 +64,11 @@ def residual_target(done: torch.Tensor, matrix: torch.Tensor, span: torch.Tensor
     of the linear part, scales from the singular values, no shear)."""
     residual = torch.linalg.solve(done, matrix)
     linear = residual[:, :3, :3]
-    left, singular, right = torch.linalg.svd(linear)
-    rotation = left @ right
+    rotation, singular = closest_rotation(linear)
     return {
         "rotation": rotation,
         "translation": residual[:, :3, 3] / span.to(residual),
-        "scale": singular,
+        "scale": singular.abs(),
         "shear": torch.eye(3, dtype=residual.dtype, device=residual.device).expand_as(linear),
     }
 
@@ -119,8 +118,7 @@ class AffineRegistrationModule(LightningModule):
     def _metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-pair validation metrics ``{name: [B]}``."""
         loss, total = self._losses(batch)
-        predicted_rotation = torch.linalg.svd(total[:, :3, :3])
-        rotation = predicted_rotation[0] @ predicted_rotation[2]
+        rotation, _ = closest_rotation(total[:, :3, :3])
         return {
             "loss": loss,
             "rotation_error_deg": rotation_angle_deg(rotation, batch["rotation"]),

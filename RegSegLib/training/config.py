@@ -159,24 +159,33 @@ class ModelConfig:
 
 
 @dataclass
-class AffineParamsArgs:
+class AffineArgs:
+    """What every affine network takes: the transform family it predicts (:data:`RegSegLib.vocabulary.FAMILIES`)."""
+
+    family: str = "rigid"
+
+    def __post_init__(self) -> None:
+        check_choice(self.family, tuple(FAMILIES), "transform family")
+
+
+@dataclass
+class AffineParamsArgs(AffineArgs):
     """Parameter regression on a 3D ResNet-18 (MONAI).
 
     Attributes:
-        family: transform family predicted (:data:`RegSegLib.vocabulary.FAMILIES`).
         fusion: ``early`` (moving and fixed as two channels of one encoder) or ``late`` (a shared encoder per
             image, features concatenated).
-        widen_factor: channel multiplier of the ResNet (1.0: 64-512 channels, 43 MB of weights; 0.25: 2.7 MB).
+        widen_factor: channel multiplier of the ResNet (1.0: 64-512 channels, 33 M parameters, 133 MB of
+            float32 weights; 0.25: 2.1 M parameters, 8.3 MB).
         cascade: passes of the network; pass n + 1 sees the moving image warped by the composed prediction.
     """
 
-    family: str = "rigid"
     fusion: str = "early"
     widen_factor: float = 0.25
     cascade: int = 1
 
     def __post_init__(self) -> None:
-        check_choice(self.family, tuple(FAMILIES), "transform family")
+        super().__post_init__()
         check_choice(self.fusion, FUSIONS, "fusion")
         check_positive(self.widen_factor, "widen_factor")
         check_positive(self.cascade, "cascade", integer=True)
@@ -189,21 +198,20 @@ class AffineParamsConfig(ModelConfig):
 
 
 @dataclass
-class AffineMatrixArgs:
-    """Matrix estimation from keypoints (:class:`~RegSegLib.networks.affine.AffineMatrixNet`).
+class AffineMatrixArgs(AffineArgs):
+    """Matrix estimation from keypoints (:class:`~RegSegLib.networks.affine.AffineMatrixNet`; ``family``: the
+    family its least-squares fit is projected onto).
 
     Attributes:
-        family: transform family of the weighted least-squares fit.
         keypoints: heat maps (keypoints) per image.
         features: channels of the U-Net's first level.
     """
 
-    family: str = "rigid"
     keypoints: int = 32
     features: int = 8
 
     def __post_init__(self) -> None:
-        check_choice(self.family, tuple(FAMILIES), "transform family")
+        super().__post_init__()
         check_positive(self.keypoints, "keypoints", integer=True)
         check_positive(self.features, "features", integer=True)
 

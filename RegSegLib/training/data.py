@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from RegSegLib.geometry import axis_angle_rotation
 from RegSegLib.networks.affine import half_span
 from RegSegLib.networks.inputs import network_grid, network_input, network_spacing, prepared_for
 from RegSegLib.ops.intensity import robust_scale
@@ -130,11 +131,7 @@ def random_rotation(rng: np.random.Generator, max_angle_deg: float) -> np.ndarra
             [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
             [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
         ])
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    angle = math.radians(rng.uniform(0.0, max_angle_deg))
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+    return axis_angle_rotation(rng.normal(size=3), math.radians(rng.uniform(0.0, max_angle_deg)))
 
 
 @dataclass(frozen=True)

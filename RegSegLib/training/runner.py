@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from RegSegLib.training.callbacks import BestModelSelection, InnerEvaluation, LoaderPosition, RelativeEarlyStopping
 from RegSegLib.training.config import MODEL_CONFIGS, BaseConfig, scheduler_epoch_warning
 from RegSegLib.vocabulary import AFFINE_ARCHITECTURES
-from RegSegLib.training.data import PairSampler, ResumableLoader, SyntheticPairs, find_samples, split_patients
+from RegSegLib.training.data import PairSampler, ResumableLoader, Sample, SyntheticPairs, find_samples, split_patients
 
 CONFIG_FILE = "config.yaml"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
@@ -88,9 +88,9 @@ def run_folder(config: BaseConfig) -> Path:
     return Path(config.output_dir) / name
 
 
-def resolve_split(config: BaseConfig) -> BaseConfig:
-    """``config`` with the patient split filled in (kept when already given, e.g. by a continued run)."""
-    samples = find_samples(config.data)
+def resolve_split(config: BaseConfig, samples: Sequence[Sample]) -> BaseConfig:
+    """``config`` with the patient split of ``samples`` (:func:`find_samples` of its data) filled in, kept
+    when already given (e.g. by a continued run)."""
     known = {sample.patient for sample in samples}
     data = config.data
     if data.train_patients:
@@ -119,10 +119,9 @@ class PairDataModule(LightningDataModule):
     """Training and validation synthetic pairs of the split's patients (this process's share under DDP);
     the validation pairs span the whole rotation range from the start, whatever the curriculum."""
 
-    def __init__(self, config: BaseConfig, family: str) -> None:
+    def __init__(self, config: BaseConfig, family: str, samples: Sequence[Sample]) -> None:
         super().__init__()
         self.config, self.family = config, family
-        samples = find_samples(config.data)
         self.train_samples = [s for s in samples if s.patient in set(config.data.train_patients)]
         self.validation_samples = [s for s in samples if s.patient in set(config.data.validation_patients)]
 
@@ -245,13 +244,14 @@ def run_training(config: BaseConfig, trainer_options: dict[str, Any] | None = No
     """
     seed_everything(config.seed, workers=True, verbose=False)
     folder = Path(config.continue_from) if config.continue_from else run_folder(config)
-    config = resolve_split(config)
+    samples = find_samples(config.data)
+    config = resolve_split(config, samples)
     folder.mkdir(parents=True, exist_ok=True)
     save_config(config, folder / CONFIG_FILE)
     module = build_module(config)
     _transfer(module.network, config)
     family = config.model_config.model_args.family
-    data = PairDataModule(config, family)
+    data = PairDataModule(config, family, samples)
     extra = {"architecture": config.model_config.name, "config": OmegaConf.to_container(OmegaConf.structured(config))}
     selection = BestModelSelection(folder, list(config.selection_metrics), extra)
     stopping = RelativeEarlyStopping(config.patience, config.tolerance)

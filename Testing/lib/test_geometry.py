@@ -188,3 +188,15 @@ def test_rotation_parameter_is_right_handed_about_s():
     matrix = affine_params.parameters_to_matrix(params, "rigid")[0].numpy()
     rotated = geometry.transform_points(matrix, np.array([1.0, 0.0, 0.0]))
     np.testing.assert_allclose(rotated, [0.0, 1.0, 0.0], atol=1e-12)
+
+
+def test_axis_angle_rotation_is_right_handed_in_ras():
+    """A quarter turn about S takes R to A and A to L (right-handed RAS); any axis length; orthonormal."""
+    quarter = geometry.axis_angle_rotation(np.array([0.0, 0.0, 2.0]), np.pi / 2)
+    assert np.allclose(quarter @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]) and np.allclose(quarter @ [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0])
+    tilted = geometry.axis_angle_rotation(np.array([1.0, -2.0, 0.5]), 2.5)
+    assert np.allclose(tilted @ tilted.T, np.eye(3)) and np.isclose(np.linalg.det(tilted), 1.0)
+    assert np.allclose(tilted @ [1.0, -2.0, 0.5], [1.0, -2.0, 0.5])
+    assert np.isclose(np.degrees(np.arccos((np.trace(tilted) - 1) / 2)), np.degrees(2.5))
+    for name, axis in (("x", [1.0, 0, 0]), ("y", [0, 1.0, 0]), ("z", [0, 0, 1.0])):
+        assert np.allclose(geometry.axis_angle_rotation(np.array(axis), np.deg2rad(37.0)), rotation_about(name, 37.0))

@@ -57,11 +57,7 @@ def volumes(ctx: Context) -> dict[str, Volume]:
 def large_rotation(rng: np.random.Generator, centre: np.ndarray) -> np.ndarray:
     """A rigid RAS matrix about ``centre``: a uniform random axis, an angle uniform in :data:`ANGLES_DEG`, a
     shift uniform in ``[-20, 20]`` mm per axis."""
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    angle = math.radians(rng.uniform(*ANGLES_DEG))
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    rotation = np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+    rotation = geometry.axis_angle_rotation(rng.normal(size=3), math.radians(rng.uniform(*ANGLES_DEG)))
     matrix = np.eye(4)
     matrix[:3, :3] = rotation
     matrix[:3, 3] = centre + rng.uniform(-MAX_SHIFT_MM, MAX_SHIFT_MM, 3) - rotation @ centre
