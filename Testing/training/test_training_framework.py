@@ -120,7 +120,7 @@ def test_post_init_refuses_bad_values(dataset, override, words):
 def test_the_script_refuses_a_config_without_data_in_one_line_with_status_2(tmp_path):
     done = subprocess.run(
         [sys.executable, str(REPOSITORY / "Scripts/run_affine_training.py"), f"output_dir={tmp_path}"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=tmp_path, timeout=120,
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == ["run_affine_training: data: give dataset folders (data.roots=[...]) or a cohort list (data.cohorts_tsv=FILE)"]
@@ -412,7 +412,7 @@ def test_the_script_runs_a_multirun_with_overrides(dataset, tmp_path):
          *[item for item in tiny(dataset, f"output_dir={tmp_path}", "epochs=1", "data.pairs_per_epoch=4",
                                   "model_config.model_args.widen_factor=0.125") if not item.startswith("data.n_folds")],
          "hydra.job.chdir=false"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=tmp_path, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     folders = sorted(path for path in tmp_path.glob("affine-fold*") if path.is_dir())
