@@ -32,3 +32,5 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 AFFINE_ARCHITECTURES: tuple[str, ...] = ("affine_params", "affine_matrix")
 """Affine network architectures (the training configs' model group): parameter regression, keypoint matrix
 estimation."""
+SEGMENTATION_ARCHITECTURES: tuple[str, ...] = ("plain_conv_unet",)
+"""Segmentation network architectures (the model group): nnU-Net's PlainConvUNet."""

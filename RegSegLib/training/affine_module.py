@@ -17,13 +17,13 @@ pair's spacing).
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Iterable
+from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 
 from RegSegLib.networks.affine import build_affine_network, closest_rotation, half_span
-from RegSegLib.training.config import BaseConfig, LRSchedulerConfig
+from RegSegLib.training.config import BaseConfig
+from RegSegLib.training.modules import TrainingModule
 
 
 def rotation_angle_deg(predicted: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
@@ -73,19 +73,15 @@ def residual_target(done: torch.Tensor, matrix: torch.Tensor, span: torch.Tensor
     }
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: LRSchedulerConfig) -> Any:
-    """The ``torch.optim.lr_scheduler`` class named by ``config``, or ``None``."""
-    if config.type == "none":
-        return None
-    return getattr(torch.optim.lr_scheduler, config.type)(optimizer, **dict(config.kwargs))
-
-
-class AffineRegistrationModule(LightningModule):
+class AffineRegistrationModule(TrainingModule):
     """Trains an affine network (:func:`~RegSegLib.networks.affine.build_affine_network`) on synthetic pairs.
 
     Args:
         config: the run's configuration (its ``model_config.model_args`` builds the network).
     """
+
+    batch_key = "moving"
+    progress_metric = "target_error_mm"
 
     def __init__(self, config: BaseConfig) -> None:
         super().__init__()
@@ -126,34 +122,7 @@ class AffineRegistrationModule(LightningModule):
             "target_error_mm": target_error(total, batch["matrix"], self.points) * batch["spacing"],
         }
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        size = batch["moving"].shape[0]
-        for name, values in self._metrics(batch).items():
-            self.log(f"val/{name}", values.mean(), on_epoch=True, batch_size=size, sync_dist=True, prog_bar=name == "target_error_mm")
-
-    @torch.no_grad()
-    def evaluate(self, loader: Iterable) -> dict[str, float]:
-        """Mean validation metrics over a whole data loader (inner-epoch evaluations)."""
-        was_training = self.training
-        self.eval()
-        sums: dict[str, float] = {}
-        count = 0
-        for batch in loader:
-            batch = {key: value.to(self.device) for key, value in batch.items()}
-            for name, values in self._metrics(batch).items():
-                sums[name] = sums.get(name, 0.0) + float(values.sum())
-            count += batch["moving"].shape[0]
-        self.train(was_training)
-        return {name: value / max(count, 1) for name, value in sums.items()}
-
     def configure_optimizers(self) -> Any:
         trainable = [parameter for parameter in self.network.parameters() if parameter.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=self.config.learning_rate, weight_decay=self.config.weight_decay)
-        scheduler = build_scheduler(optimizer, self.config.lr_scheduler)
-        if scheduler is None:
-            return optimizer
-        settings: dict[str, Any] = {"scheduler": scheduler, "interval": "epoch"}
-        if self.config.lr_scheduler.type == "ReduceLROnPlateau":
-            settings["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": settings}
+        return self.with_scheduler(torch.optim.Adam(trainable, lr=self.config.learning_rate, weight_decay=self.config.weight_decay))
 

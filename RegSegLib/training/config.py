@@ -23,7 +23,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from RegSegLib.validation import SettingsError, check_choice, check_positive
-from RegSegLib.vocabulary import AFFINE_ARCHITECTURES, DEVICES, FAMILIES
+from RegSegLib.vocabulary import AFFINE_ARCHITECTURES, DEVICES, FAMILIES, SEGMENTATION_ARCHITECTURES
 
 SCHEDULERS: dict[str, bool] = {
     "none": False,
@@ -31,6 +31,7 @@ SCHEDULERS: dict[str, bool] = {
     "MultiStepLR": True,
     "ExponentialLR": True,
     "CosineAnnealingLR": True,
+    "PolynomialLR": True,
     "ReduceLROnPlateau": False,
 }
 """``torch.optim.lr_scheduler`` classes a config may name -> whether their schedule is fixed by the epoch
@@ -151,6 +152,71 @@ class DataConfig:
 
 
 @dataclass
+class SegmentationDataConfig:
+    """A segmentation dataset and the values of its plan (seed 001's fingerprint table).
+
+    Attributes:
+        basepath: the dataset folder.
+        pathfinder: its layout (:data:`RegSegLib.segmentation.pathfinders.PATHFINDERS`: ``nnunet`` or
+            ``registration``).
+        img_foldername: the image folder (``None``: the layout's default, ``images_tr`` for ``nnunet``).
+        seg_foldername: the label folder (``None``: the layout's default, ``labelsTr`` for ``nnunet``).
+        modalities: per channel, ``CT`` (global clipping and z-score) or anything else (per-image z-score).
+        patient_pattern: regular expression whose first group is the patient of a case name.
+        test_fraction: share of the patients held out as the test split.
+        n_folds: cross-validation folds of the rest; ``fold`` picks the validation fold.
+        fold: the validation fold.
+        patch_size: an *initial* patch size (D, H, W after the transpose); the plan moves it to the closest
+            valid size. ``None``: from the median shape.
+        spacing: target spacing in mm (K, J, I of the images); ``None``: the plan's (median, anisotropy rule).
+        transpose_forward: axis order that puts the coarsest axis first; given only with
+            ``transpose_backward``.
+        transpose_backward: its inverse.
+        patches_per_epoch: training patches per epoch.
+        foreground_oversampling: share of patches centred on a foreground voxel (nnU-Net: 1/3).
+        augment: spatial and intensity augmentation of the training patches.
+        plan: the resolved plan (:class:`RegSegLib.segmentation.plan.Plan` as a dictionary), filled when the
+            run starts; the run folder's ``config.yaml`` keeps it, so a continued run does not plan again.
+        train_patients: the patients of each split (filled when the run starts, as for registration).
+        validation_patients: see ``train_patients``.
+        test_patients: see ``train_patients``.
+    """
+
+    basepath: str = MISSING
+    pathfinder: str = "nnunet"
+    img_foldername: Optional[str] = None
+    seg_foldername: Optional[str] = None
+    modalities: list[str] = field(default_factory=lambda: ["MR"])
+    patient_pattern: str = r"^(.+)$"
+    test_fraction: float = 0.0
+    n_folds: int = 5
+    fold: int = 0
+    patch_size: Optional[list[int]] = None
+    spacing: Optional[list[float]] = None
+    transpose_forward: Optional[list[int]] = None
+    transpose_backward: Optional[list[int]] = None
+    patches_per_epoch: int = 250
+    foreground_oversampling: float = 0.33
+    augment: bool = True
+    plan: dict[str, Any] = field(default_factory=dict)
+    train_patients: list[str] = field(default_factory=list)
+    validation_patients: list[str] = field(default_factory=list)
+    test_patients: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise SettingsError(f"data.test_fraction must be in [0, 1), got {self.test_fraction}")
+        check_positive(self.n_folds, "data.n_folds", integer=True)
+        if not 0 <= self.fold < self.n_folds:
+            raise SettingsError(f"data.fold must be in 0..{self.n_folds - 1}, got {self.fold}")
+        check_positive(self.patches_per_epoch, "data.patches_per_epoch", integer=True)
+        if not 0.0 <= self.foreground_oversampling <= 1.0:
+            raise SettingsError(f"data.foreground_oversampling must be in [0, 1], got {self.foreground_oversampling}")
+        if not self.modalities:
+            raise SettingsError("data.modalities is empty: name the modality of each channel (e.g. [MR])")
+
+
+@dataclass
 class ModelConfig:
     """A network: its architecture name (:data:`RegSegLib.networks.ARCHITECTURES`) and arguments."""
 
@@ -223,6 +289,46 @@ class AffineMatrixConfig(ModelConfig):
 
 
 @dataclass
+class PlainConvUNetArgs:
+    """PlainConvUNet (MONAI DynUNet without residual blocks). The topology is derived from the patch size
+    and the spacing by the plan and stored here when the run starts; it cannot be set by hand (set
+    ``data.patch_size`` or ``data.spacing`` instead), because stages, strides and kernels depend on each
+    other.
+
+    Attributes:
+        deep_supervision: train on the lower decoder outputs as well (nnU-Net's weights 1/2^i).
+        base_features: features of the first stage (doubled per stage up to ``max_features``).
+        max_features: cap of the features per stage.
+        n_stages: from the plan.
+        n_conv_per_stage: from the plan.
+        n_conv_per_stage_decoder: from the plan.
+        features_per_stage: from the plan.
+        strides: from the plan.
+        kernel_sizes: from the plan.
+    """
+
+    deep_supervision: bool = True
+    base_features: int = 32
+    max_features: int = 320
+    n_stages: Optional[int] = None
+    n_conv_per_stage: Optional[list[int]] = None
+    n_conv_per_stage_decoder: Optional[list[int]] = None
+    features_per_stage: Optional[list[int]] = None
+    strides: Optional[list[list[int]]] = None
+    kernel_sizes: Optional[list[list[int]]] = None
+
+    def __post_init__(self) -> None:
+        check_positive(self.base_features, "base_features", integer=True)
+        check_positive(self.max_features, "max_features", integer=True)
+
+
+@dataclass
+class PlainConvUNetConfig(ModelConfig):
+    name: str = "plain_conv_unet"
+    model_args: PlainConvUNetArgs = field(default_factory=PlainConvUNetArgs)
+
+
+@dataclass
 class TransferConfig:
     """Transfer learning between identical networks (ClinicaDL: every parameter is transferred, so the
     parameter names and shapes must match).
@@ -273,7 +379,8 @@ class BaseConfig:
         transfer: transfer learning.
         lr_scheduler: learning-rate scheduler.
         model_config: the network.
-        data: the data.
+        data: the data (:data:`DATA_CONFIGS` of the task: :class:`DataConfig` for registration networks,
+            :class:`SegmentationDataConfig` for segmentation).
     """
 
     task: str = "affine"
@@ -302,7 +409,7 @@ class BaseConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     lr_scheduler: LRSchedulerConfig = field(default_factory=LRSchedulerConfig)
     model_config: ModelConfig = MISSING
-    data: DataConfig = MISSING
+    data: Any = MISSING
 
     def __post_init__(self) -> None:
         check_positive(self.seed, "seed", integer=True, zero_allowed=True)
@@ -341,16 +448,30 @@ def scheduler_epoch_warning(scheduler: LRSchedulerConfig, planned_epochs: int, e
     return None
 
 
-MODEL_CONFIGS: dict[str, type[ModelConfig]] = dict(zip(AFFINE_ARCHITECTURES, (AffineParamsConfig, AffineMatrixConfig)))
-"""The model group: ``model_config`` name (:data:`RegSegLib.vocabulary.AFFINE_ARCHITECTURES`) -> its dataclass."""
+MODEL_CONFIGS: dict[str, type[ModelConfig]] = {
+    **dict(zip(AFFINE_ARCHITECTURES, (AffineParamsConfig, AffineMatrixConfig))),
+    **dict(zip(SEGMENTATION_ARCHITECTURES, (PlainConvUNetConfig,))),
+}
+"""The model group: ``model_config`` name (:data:`RegSegLib.vocabulary.AFFINE_ARCHITECTURES`,
+:data:`RegSegLib.vocabulary.SEGMENTATION_ARCHITECTURES`) -> its dataclass."""
+DATA_CONFIGS: dict[str, type] = {"registration": DataConfig, "segmentation": SegmentationDataConfig}
+"""The data group's schemas: each YAML file of ``configs/data/`` extends one of them (its ``defaults``
+list names ``NAME_schema``), so that ``OmegaConf.to_object`` makes the dataclass and validates it."""
+
+
+def data_schema(model_name: str) -> type:
+    """The data dataclass of a model (segmentation networks read labelled cases, the others make pairs)."""
+    return SegmentationDataConfig if model_name in SEGMENTATION_ARCHITECTURES else DataConfig
 
 
 def register_configs() -> None:
-    """Stores the structured configs in Hydra's ``ConfigStore``: ``base_config`` and the model group
-    (:data:`MODEL_CONFIGS`)."""
+    """Stores the structured configs in Hydra's ``ConfigStore``: ``base_config``, the model group
+    (:data:`MODEL_CONFIGS`) and the data group's schemas (:data:`DATA_CONFIGS`)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name="base_config", node=BaseConfig)
     for name, node in MODEL_CONFIGS.items():
         store.store(group="model_config", name=name, node=node)
+    for name, node in DATA_CONFIGS.items():
+        store.store(group="data", name=f"{name}_schema", node=node)

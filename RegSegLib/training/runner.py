@@ -27,8 +27,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from RegSegLib.training.callbacks import BestModelSelection, InnerEvaluation, LoaderPosition, RelativeEarlyStopping
-from RegSegLib.training.config import MODEL_CONFIGS, BaseConfig, scheduler_epoch_warning
-from RegSegLib.vocabulary import AFFINE_ARCHITECTURES
+from RegSegLib.training.config import MODEL_CONFIGS, BaseConfig, data_schema, scheduler_epoch_warning
+from RegSegLib.vocabulary import AFFINE_ARCHITECTURES, SEGMENTATION_ARCHITECTURES
 from RegSegLib.training.data import PairSampler, ResumableLoader, Sample, SyntheticPairs, find_samples, split_patients
 
 CONFIG_FILE = "config.yaml"
@@ -70,6 +70,7 @@ def continue_config(run: str | Path, overrides: Sequence[str]) -> tuple[BaseConf
         raise TrainingError(f"{stored_path}: unknown model_config name {model!r}")
     schema = OmegaConf.structured(BaseConfig)
     schema.model_config = OmegaConf.structured(MODEL_CONFIGS[model])
+    schema.data = OmegaConf.structured(data_schema(model))
     stored = OmegaConf.merge(schema, raw)
     kept = [item for item in overrides if not item.lstrip("+~").startswith("continue_from=")]
     merged = OmegaConf.merge(stored, OmegaConf.from_dotlist(kept))
@@ -88,17 +89,17 @@ def run_folder(config: BaseConfig) -> Path:
     return Path(config.output_dir) / name
 
 
-def resolve_split(config: BaseConfig, samples: Sequence[Sample]) -> BaseConfig:
-    """``config`` with the patient split of ``samples`` (:func:`find_samples` of its data) filled in, kept
+def resolve_split(config: BaseConfig, patients: Sequence[str]) -> BaseConfig:
+    """``config`` with the split of the data's ``patients`` (one entry per sample or case) filled in, kept
     when already given (e.g. by a continued run)."""
-    known = {sample.patient for sample in samples}
+    known = set(patients)
     data = config.data
     if data.train_patients:
         missing = sorted(set(data.train_patients + data.validation_patients + data.test_patients) - known)
         if missing:
             raise TrainingError(f"the stored split names patients that are not in the data: {', '.join(missing[:5])}")
         return config
-    split = split_patients([sample.patient for sample in samples], data, config.seed)
+    split = split_patients(sorted(known), data, config.seed)
     data.train_patients, data.validation_patients, data.test_patients = split["train"], split["validation"], split["test"]
     return config
 
@@ -225,12 +226,25 @@ def _last_checkpoint(folder: Path, **when: Any) -> ModelCheckpoint:
     )
 
 
-def build_module(config: BaseConfig) -> Any:
-    """The Lightning module of the config's model (``model_config.name``)."""
-    if config.model_config.name in AFFINE_ARCHITECTURES:
-        from RegSegLib.training.affine_module import AffineRegistrationModule
+def _affine_parts(config: BaseConfig) -> tuple[BaseConfig, Any, LightningDataModule]:
+    """The split config, the Lightning module and the synthetic pairs of an affine network."""
+    from RegSegLib.training.affine_module import AffineRegistrationModule
 
-        return AffineRegistrationModule(config)
+    samples = find_samples(config.data)
+    config = resolve_split(config, [sample.patient for sample in samples])
+    data = PairDataModule(config, config.model_config.model_args.family, samples)
+    return config, AffineRegistrationModule(config), data
+
+
+def build_parts(config: BaseConfig) -> tuple[BaseConfig, Any, LightningDataModule]:
+    """The config completed from the data (patient split; a segmentation plan), the Lightning module and the
+    data module of the config's model (``model_config.name``)."""
+    if config.model_config.name in AFFINE_ARCHITECTURES:
+        return _affine_parts(config)
+    if config.model_config.name in SEGMENTATION_ARCHITECTURES:
+        from RegSegLib.training.segmentation_module import segmentation_parts
+
+        return segmentation_parts(config)
     raise TrainingError(f"no training module for the model {config.model_config.name!r} yet")
 
 
@@ -244,14 +258,10 @@ def run_training(config: BaseConfig, trainer_options: dict[str, Any] | None = No
     """
     seed_everything(config.seed, workers=True, verbose=False)
     folder = Path(config.continue_from) if config.continue_from else run_folder(config)
-    samples = find_samples(config.data)
-    config = resolve_split(config, samples)
+    config, module, data = build_parts(config)
     folder.mkdir(parents=True, exist_ok=True)
     save_config(config, folder / CONFIG_FILE)
-    module = build_module(config)
     _transfer(module.network, config)
-    family = config.model_config.model_args.family
-    data = PairDataModule(config, family, samples)
     extra = {"architecture": config.model_config.name, "config": OmegaConf.to_container(OmegaConf.structured(config))}
     selection = BestModelSelection(folder, list(config.selection_metrics), extra)
     stopping = RelativeEarlyStopping(config.patience, config.tolerance)
