@@ -1,0 +1,1 @@
+"""Segmentation (nnU-Net style): dataset layouts, the dataset fingerprint and the experiment plan."""
