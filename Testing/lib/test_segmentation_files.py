@@ -1,0 +1,440 @@
+"""Slicer segmentation files (``.seg.nrrd``): the header as written (LPS geometry, segment fields, extents), exact
+round trips on oblique and flipped grids, and Slicer's own storage node (``slicer-core``) reading, exporting and
+re-writing the file."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from geometry_cases import rotation_about
+from slicer_standins import require_mrml
+from RegSegLib.errors import InputError
+from RegSegLib.io import segmentation_files
+from RegSegLib.io.segmentation_files import (
+    PROSTATE_COLOUR,
+    PROSTATE_TERMINOLOGY,
+    Segment,
+    read_segmentation_nrrd,
+    write_segmentation_nrrd,
+)
+from RegSegLib.io.volumes import write_volume
+from RegSegLib.volume import Volume
+
+SHAPE = (9, 10, 12)
+"""``(K, J, I)`` of the synthetic label map."""
+
+SEMINAL = (
+    "Segmentation category and type - 3D Slicer General Anatomy list"
+    "~SCT^123037004^Anatomical Structure~SCT^64739004^Seminal vesicle~^^~Anatomic codes - DICOM master list~^^~^^"
+)
+
+
+def oblique_flipped_grid() -> np.ndarray:
+    """An IJK-to-RAS matrix with directions rotated about all three axes and the j axis reversed (left-handed)."""
+    matrix = np.eye(4)
+    rotation = rotation_about("z", 25.0) @ rotation_about("y", -35.0) @ rotation_about("x", 10.0)
+    matrix[:3, :3] = rotation @ np.diag([0.7, -1.3, 2.9])
+    matrix[:3, 3] = [-41.25, 17.5, -63.0]
+    return matrix
+
+
+def label_map(high_label: int = 7) -> Volume:
+    """Three labels: a box (1), a single voxel in a corner (``high_label``) and a slab (3)."""
+    data = torch.zeros((1,) + SHAPE, dtype=torch.int64)
+    data[0, 2:6, 3:8, 4:10] = 1
+    data[0, 8, 0, 11] = high_label
+    data[0, 0:2, 1:9, 0:3] = 3
+    return Volume(data, oblique_flipped_grid(), kind="labels")
+
+
+def segments(high_label: int = 7) -> list[Segment]:
+    return [
+        Segment(1, "prostate", PROSTATE_COLOUR, PROSTATE_TERMINOLOGY),
+        Segment(high_label, "corner", (0.0, 0.25, 1.0)),
+        Segment(3, "seminal vesicles", (0.5, 0.75, 0.125), SEMINAL),
+        Segment(12, "absent", (1.0, 1.0, 0.0)),
+    ]
+
+
+def header_and_data(path: Path) -> tuple[list[str], dict[str, str], bytes]:
+    """The header's field lines, its ``key:=value`` fields (unescaped), and the inflated voxel bytes."""
+    content = path.read_bytes()
+    end = content.index(b"\n\n")
+    lines = content[:end].decode("utf-8").split("\n")
+    fields = {}
+    for line in lines:
+        if ":=" in line:
+            key, value = line.split(":=", 1)
+            fields[key] = value.replace("\\n", "\n").replace("\\\\", "\\")
+    return lines, fields, gzip.decompress(content[end + 2 :])
+
+
+def nrrd_field(lines: list[str], name: str) -> str:
+    return next(line.split(": ", 1)[1] for line in lines if line.startswith(name + ": "))
+
+
+def nrrd_vectors(text: str) -> np.ndarray:
+    return np.array([[float(v) for v in part.strip("()").split(",")] for part in text.split()])
+
+
+def bounding_box(mask: np.ndarray) -> str:
+    kji = np.argwhere(mask)
+    if not len(kji):
+        return "0 -1 0 -1 0 -1"
+    low, high = kji.min(axis=0), kji.max(axis=0)
+    return " ".join(str(v) for axis in (2, 1, 0) for v in (low[axis], high[axis]))
+
+
+# The file as written -----------------------------------------------------------------------------------------
+
+
+def test_header_has_lps_geometry_and_slicer_fields(tmp_path):
+    labels = label_map()
+    path = tmp_path / "gland.seg.nrrd"
+    write_segmentation_nrrd(labels, segments(), path)
+    lines, fields, raw = header_and_data(path)
+
+    assert lines[0] == "NRRD0004"
+    assert nrrd_field(lines, "type") == "unsigned char"
+    assert nrrd_field(lines, "dimension") == "3"
+    assert nrrd_field(lines, "space") == "left-posterior-superior"
+    assert nrrd_field(lines, "sizes") == "12 10 9"
+    assert nrrd_field(lines, "kinds") == "domain domain domain"
+    assert nrrd_field(lines, "encoding") == "gzip"
+    # columns of the LPS IJK-to-world matrix: the RAS ones with the first two coordinates negated
+    directions = nrrd_vectors(nrrd_field(lines, "space directions"))
+    expected = np.diag([-1.0, -1.0, 1.0]) @ labels.ijk_to_ras[:3, :3]
+    np.testing.assert_allclose(directions, expected.T, rtol=0, atol=1e-12)
+    origin = nrrd_vectors(nrrd_field(lines, "space origin"))[0]
+    np.testing.assert_allclose(origin, [41.25, -17.5, -63.0], rtol=0, atol=1e-12)
+    stored = np.frombuffer(raw, dtype=np.uint8).reshape(SHAPE)
+    np.testing.assert_array_equal(stored, labels.data[0].numpy())
+
+    array = labels.data[0].numpy()
+    for index, segment in enumerate(segments()):
+        prefix = f"Segment{index}_"
+        assert fields[prefix + "ID"] == f"Segment_{segment.label}"
+        assert fields[prefix + "Name"] == segment.name
+        assert fields[prefix + "NameAutoGenerated"] == "0"
+        assert fields[prefix + "ColorAutoGenerated"] == "0"
+        assert fields[prefix + "LabelValue"] == str(segment.label)
+        assert fields[prefix + "Layer"] == "0"
+        assert [float(v) for v in fields[prefix + "Color"].split()] == list(segment.colour)
+        assert fields[prefix + "Extent"] == bounding_box(array == segment.label)
+    assert fields["Segment0_Extent"] == "4 9 3 7 2 5"
+    assert fields["Segment1_Extent"] == "11 11 0 0 8 8"
+    assert fields["Segment2_Extent"] == "0 2 1 8 0 1"
+    assert fields["Segment3_Extent"] == "0 -1 0 -1 0 -1"
+    assert fields["Segment0_Tags"] == (
+        "TerminologyEntry:Segmentation category and type - 3D Slicer General Anatomy list"
+        "~SCT^123037004^Anatomical Structure~SCT^41216001^Prostate~^^~Anatomic codes - DICOM master list~^^~^^|"
+    )
+    assert fields["Segment1_Tags"] == ""
+    assert fields["Segmentation_MasterRepresentation"] == "Binary labelmap"
+    assert fields["Segmentation_ContainedRepresentationNames"] == "Binary labelmap|"
+    assert fields["Segmentation_ReferenceImageExtentOffset"] == "0 0 0"
+    parts = [part.split("|") for part in fields["Segmentation_ConversionParameters"].split("&") if part]
+    assert all(len(part) == 3 for part in parts)
+    parameters = {name: value for name, value, _ in parts}
+    assert parameters["Smoothing factor"] == "0.5" and parameters["Decimation factor"] == "0.0"
+    reference = [float(v) for v in parameters["Reference image geometry"].split(";") if v]
+    np.testing.assert_allclose(np.reshape(reference[:16], (4, 4)), labels.ijk_to_ras, rtol=0, atol=1e-12)
+    assert reference[16:] == [0, 11, 0, 9, 0, 8]
+
+
+def test_the_prostate_terminology_has_slicers_codes():
+    parts = PROSTATE_TERMINOLOGY.split("~")
+    assert len(parts) == 7
+    assert parts[0] == "Segmentation category and type - 3D Slicer General Anatomy list"
+    assert parts[1] == "SCT^123037004^Anatomical Structure"
+    assert parts[2] == "SCT^41216001^Prostate"
+    assert parts[4] == "Anatomic codes - DICOM master list"
+    assert np.allclose(np.array(PROSTATE_COLOUR) * 255, [230, 158, 140])
+
+
+def test_labels_above_255_are_stored_as_unsigned_short(tmp_path):
+    path = tmp_path / "wide.seg.nrrd"
+    labels = label_map(high_label=1000)
+    write_segmentation_nrrd(labels, segments(high_label=1000), path)
+    lines, fields, raw = header_and_data(path)
+    assert nrrd_field(lines, "type") == "unsigned short" and nrrd_field(lines, "endian") == "little"
+    np.testing.assert_array_equal(np.frombuffer(raw, dtype="<u2").reshape(SHAPE), labels.data[0].numpy())
+    assert fields["Segment1_LabelValue"] == "1000" and fields["Segment1_Extent"] == "11 11 0 0 8 8"
+
+
+# Round trips -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("high_label", [7, 1000])
+def test_oblique_flipped_label_map_round_trips_exactly(tmp_path, high_label):
+    labels = label_map(high_label)
+    path = tmp_path / "labels.seg.nrrd"
+    write_segmentation_nrrd(labels, segments(high_label), path)
+    loaded, loaded_segments = read_segmentation_nrrd(path)
+    assert loaded.kind == "labels" and loaded.shape == SHAPE and loaded.num_channels == 1
+    assert torch.equal(loaded.data.long(), labels.data)
+    np.testing.assert_allclose(loaded.ijk_to_ras, labels.ijk_to_ras, rtol=0, atol=1e-6)
+    assert np.linalg.det(loaded.ijk_to_ras[:3, :3]) < 0  # still left-handed
+    assert loaded_segments == segments(high_label)
+    assert loaded.meta["path"] == str(path)
+
+
+def test_names_with_backslashes_newlines_and_accents_round_trip(tmp_path):
+    data = torch.zeros((1, 3, 4, 5), dtype=torch.uint8)
+    data[0, 1, 2, 3] = 2
+    named = [Segment(2, "Prostata – Zone ü\\periphery\nleft", (0.1, 0.2, 0.3))]
+    path = tmp_path / "names.seg.nrrd"
+    write_segmentation_nrrd(Volume(data, np.diag([2.0, 2.0, 3.0, 1.0]), kind="labels"), named, path)
+    _, loaded = read_segmentation_nrrd(path)
+    assert loaded == named
+
+
+def test_an_empty_map_with_absent_segments_round_trips(tmp_path):
+    labels = Volume(torch.zeros((1,) + SHAPE, dtype=torch.uint8), oblique_flipped_grid(), kind="labels")
+    path = tmp_path / "empty.seg.nrrd"
+    write_segmentation_nrrd(labels, [Segment(4, "prostate", PROSTATE_COLOUR, PROSTATE_TERMINOLOGY)], path)
+    _, fields, _ = header_and_data(path)
+    assert fields["Segment0_Extent"] == "0 -1 0 -1 0 -1"
+    loaded, loaded_segments = read_segmentation_nrrd(path)
+    assert int(loaded.data.abs().sum()) == 0 and [s.label for s in loaded_segments] == [4]
+    write_segmentation_nrrd(labels, [], tmp_path / "none.seg.nrrd")
+    assert read_segmentation_nrrd(tmp_path / "none.seg.nrrd")[1] == []
+
+
+# Refusals and failed writes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Segment(0, "background", (0, 0, 0)), "label 0 is out of range"),
+        (lambda: Segment(70000, "big", (0, 0, 0)), "label 70000 is out of range"),
+        (lambda: Segment(True, "flag", (0, 0, 0)), "label must be an integer"),
+        (lambda: Segment(1, "", (0, 0, 0)), "name must be a non-empty string"),
+        (lambda: Segment(1, "red", (255, 0, 0)), "colour must be three values in 0-1"),
+        (lambda: Segment(1, "red", (1, 0)), "colour must be three values in 0-1"),
+        (lambda: Segment(1, "gland", (1, 0, 0), "SCT^41216001^Prostate"), "must have 7 parts"),
+        (lambda: Segment(1, "gland", (1, 0, 0), PROSTATE_TERMINOLOGY + "|x"), "no '|'"),
+    ],
+)
+def test_invalid_segments_are_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    "labels, given, message",
+    [
+        (label_map(), segments() + [Segment(3, "again", (0, 0, 0))], r"label\(s\) 3 have several"),
+        (label_map(), segments()[:2], r"label value\(s\) 3 of the label map have no segment"),
+        (Volume(torch.zeros((2,) + SHAPE, dtype=torch.uint8), np.eye(4), kind="labels"), [], "one channel, got 2"),
+        (Volume(torch.zeros((1,) + SHAPE), np.eye(4)), [], "needs an integer dtype"),
+        (Volume(torch.full((1,) + SHAPE, -1), np.eye(4), kind="labels"), [], "must lie in 0-65535"),
+        (Volume(torch.full((1,) + SHAPE, 70000), np.eye(4), kind="labels"), [], "must lie in 0-65535"),
+    ],
+)
+def test_bad_label_maps_are_refused_and_nothing_is_written(tmp_path, labels, given, message):
+    with pytest.raises(ValueError, match=message):
+        write_segmentation_nrrd(labels, given, tmp_path / "bad.seg.nrrd")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_folder_is_an_input_error_and_nothing_is_written(tmp_path):
+    with pytest.raises(InputError, match="output folder does not exist"):
+        write_segmentation_nrrd(label_map(), segments(), tmp_path / "absent" / "gland.seg.nrrd")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    path = tmp_path / "gland.seg.nrrd"
+    write_segmentation_nrrd(label_map(), segments(), path)
+    before = path.read_bytes()
+
+    class FullDisk(gzip.GzipFile):
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(segmentation_files.gzip, "GzipFile", FullDisk)
+    with pytest.raises(OSError, match="No space left"):
+        write_segmentation_nrrd(label_map(), segments()[:3] + [Segment(12, "renamed", (0, 0, 0))], path)
+    assert [p.name for p in tmp_path.iterdir()] == ["gland.seg.nrrd"]
+    assert path.read_bytes() == before
+
+
+def test_reading_refuses_what_is_not_a_one_layer_segmentation(tmp_path):
+    with pytest.raises(InputError, match="absent.seg.nrrd: file not found"):
+        read_segmentation_nrrd(tmp_path / "absent.seg.nrrd")
+    plain = tmp_path / "plain.nrrd"
+    write_volume(label_map(), plain)
+    with pytest.raises(InputError, match="plain.nrrd: is not a Slicer segmentation"):
+        read_segmentation_nrrd(plain)
+    layers = sitk.GetImageFromArray(np.zeros(SHAPE + (2,), dtype=np.uint8), isVector=True)
+    for index in range(2):
+        layers.SetMetaData(f"Segment{index}_ID", f"Segment_{index + 1}")
+        layers.SetMetaData(f"Segment{index}_Layer", str(index))
+    sitk.WriteImage(layers, str(tmp_path / "layers.seg.nrrd"), True)
+    with pytest.raises(InputError, match="layers.seg.nrrd: holds 2 layers"):
+        read_segmentation_nrrd(tmp_path / "layers.seg.nrrd")
+    text = tmp_path / "notes.seg.nrrd"
+    text.write_text("not an image")
+    with pytest.raises(InputError, match="notes.seg.nrrd: cannot read segmentation"):
+        read_segmentation_nrrd(text)
+
+
+# Slicer's own storage node -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mrml():
+    return require_mrml()
+
+
+def matrix_of(vtk_matrix) -> np.ndarray:
+    return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def load_segmentation_node(slicer, path: Path):
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1, f"Slicer could not read {path.name}"
+    return scene, node
+
+
+def terminology_tag(segment) -> str | None:
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag("TerminologyEntry", value) else None
+
+
+def image_to_world(image) -> np.ndarray:
+    """A ``vtkOrientedImageData``'s IJK-to-RAS matrix."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    return matrix_of(matrix)
+
+
+def oriented_array(image) -> tuple[np.ndarray, tuple[int, ...]]:
+    """``[K, J, I]`` voxels of a ``vtkOrientedImageData`` and its extent."""
+    from vtk.util.numpy_support import vtk_to_numpy
+
+    extent = image.GetExtent()
+    i, j, k = (extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3))
+    return vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i), extent
+
+
+def exported_segment(slicer, scene, node, segment_id: str):
+    """One segment exported by Slicer to a labelmap volume node on the segmentation's reference geometry."""
+    import vtk
+
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+        node, ids, labelmap, None, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
+    )
+    ijk_to_ras = vtk.vtkMatrix4x4()
+    labelmap.GetIJKToRASMatrix(ijk_to_ras)
+    return slicer.util.arrayFromVolume(labelmap), matrix_of(ijk_to_ras)
+
+
+def test_slicer_reads_segments_geometry_and_voxels(tmp_path, mrml):
+    slicer = mrml
+    labels, given = label_map(), segments()
+    array = labels.data[0].numpy()
+    path = tmp_path / "gland.seg.nrrd"
+    write_segmentation_nrrd(labels, given, path)
+    scene, node = load_segmentation_node(slicer, path)
+    segmentation = node.GetSegmentation()
+
+    assert segmentation.GetNumberOfSegments() == 4
+    assert segmentation.GetSourceRepresentationName() == "Binary labelmap"
+    assert segmentation.GetNumberOfLayers() == 1
+    for index, segment in enumerate(given):
+        loaded = segmentation.GetNthSegment(index)
+        assert segmentation.GetNthSegmentID(index) == f"Segment_{segment.label}"
+        assert loaded.GetName() == segment.name
+        assert loaded.GetLabelValue() == segment.label
+        np.testing.assert_allclose(loaded.GetColor(), segment.colour, rtol=0, atol=1e-12)
+        assert not loaded.GetNameAutoGenerated() and not loaded.GetColorAutoGenerated()
+        if segment.terminology is not None:
+            assert terminology_tag(loaded) == segment.terminology
+
+        # the segment's binary labelmap: the same voxels at the same RAS places
+        image = loaded.GetRepresentation("Binary labelmap")
+        world = image_to_world(image)
+        np.testing.assert_allclose(world, labels.ijk_to_ras, rtol=0, atol=1e-6)
+        voxels, extent = oriented_array(image)
+        assert int((voxels == segment.label).sum()) == int((array == segment.label).sum())
+        sub = array[extent[4] : extent[5] + 1, extent[2] : extent[3] + 1, extent[0] : extent[1] + 1]
+        np.testing.assert_array_equal(voxels == segment.label, sub == segment.label)
+
+        # exported by Slicer's Segmentations logic onto the reference geometry: the input grid, the input mask
+        exported, exported_ijk_to_ras = exported_segment(slicer, scene, node, f"Segment_{segment.label}")
+        np.testing.assert_allclose(exported_ijk_to_ras, labels.ijk_to_ras, rtol=0, atol=1e-6)
+        assert exported.shape == SHAPE
+        assert int((exported > 0).sum()) == int((array == segment.label).sum())
+        np.testing.assert_array_equal(exported > 0, array == segment.label)
+    # the layer Slicer built spans the union of the segments' extents (j from segment 1's 0 to segment 2's 8)
+    assert oriented_array(segmentation.GetNthSegment(0).GetRepresentation("Binary labelmap"))[1] == (0, 11, 0, 8, 0, 8)
+
+
+def test_a_file_slicer_writes_back_reads_as_the_same_segments(tmp_path, mrml):
+    slicer = mrml
+    labels, given = label_map(high_label=1000), segments(high_label=1000)
+    path = tmp_path / "gland.seg.nrrd"
+    write_segmentation_nrrd(labels, given, path)
+    scene, node = load_segmentation_node(slicer, path)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    resaved = tmp_path / "resaved.seg.nrrd"
+    storage.SetFileName(str(resaved))
+    assert storage.WriteData(node) == 1
+
+    loaded, loaded_segments = read_segmentation_nrrd(resaved)
+    assert [(s.label, s.name) for s in loaded_segments] == [(s.label, s.name) for s in given]
+    # Slicer writes colours with 6 significant digits
+    np.testing.assert_allclose([s.colour for s in loaded_segments], [s.colour for s in given], rtol=0, atol=1e-6)
+    assert loaded_segments[0].terminology == PROSTATE_TERMINOLOGY and loaded_segments[2].terminology == SEMINAL
+    # the reference image geometry written with the file keeps Slicer on the label map's grid
+    assert loaded.shape == SHAPE
+    np.testing.assert_allclose(loaded.ijk_to_ras, labels.ijk_to_ras, rtol=0, atol=1e-6)
+    assert torch.equal(loaded.data.long(), labels.data)
+
+
+def test_slicer_reads_the_real_prostate_gland_on_an_oblique_lps_grid(tmp_path, mrml, shared_data):
+    slicer = mrml
+    image = nib.load(str(shared_data / "prostate-mr-us" / "mr_labels" / "case000000.nii.gz"))
+    gland = np.asarray(image.dataobj)
+    gland = (gland[..., 0] if gland.ndim == 4 else gland) > 0.5
+    array = np.ascontiguousarray(np.transpose(gland[::-1, ::-1, :], (2, 1, 0))).astype(np.uint8)  # i along L, j along P
+    k, j, i = array.shape
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[:2, 3] = [i - 1, j - 1]
+    tilt = np.eye(4)
+    tilt[:3, :3] = rotation_about("z", 12.0) @ rotation_about("x", -7.0)
+    ijk_to_ras = tilt @ image.affine @ flip
+    labels = Volume(torch.from_numpy(array)[None], ijk_to_ras, kind="labels")
+    assert int(array.sum()) > 1000
+    path = tmp_path / "gland.seg.nrrd"
+    write_segmentation_nrrd(labels, [Segment(1, "prostate", PROSTATE_COLOUR, PROSTATE_TERMINOLOGY)], path)
+
+    scene, node = load_segmentation_node(slicer, path)
+    assert node.GetSegmentation().GetNumberOfSegments() == 1
+    assert node.GetSegmentation().GetNthSegment(0).GetName() == "prostate"
+    exported, exported_ijk_to_ras = exported_segment(slicer, scene, node, "Segment_1")
+    np.testing.assert_allclose(exported_ijk_to_ras, ijk_to_ras, rtol=0, atol=1e-6)
+    assert int(exported.sum()) == int(array.sum())
+    np.testing.assert_array_equal(exported, array)
