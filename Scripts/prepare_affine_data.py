@@ -32,9 +32,19 @@ TRAINING_PROSTATE_CASES = range(0, 22)
 """prostate-mr-us cases used for training; 22-26 are the test set of the issues."""
 
 
-def main() -> None:
+def gland(path: Path):
+    """Channel 0 of a prostate-mr-us label file (float, 4D; ../shared/data/README.md: threshold at 0.5) as a
+    0/1 label map :class:`~RegSegLib.volume.Volume`."""
     import torch
 
+    from RegSegLib.io.checks import read_image
+    from RegSegLib.volume import Volume
+
+    volume = read_image(str(path), channel=0)
+    return Volume((volume.data > 0.5).to(torch.int16), volume.ijk_to_ras, kind="labels")
+
+
+def main() -> None:
     from RegSegLib.io.checks import read_image, read_labels
     from RegSegLib.io.itk_images import read_dicom_series
     from RegSegLib.io.volumes import write_volume
@@ -53,11 +63,6 @@ def main() -> None:
         if labels is not None:
             (folder / "masks").mkdir(exist_ok=True)
             write_volume(labels, folder / "masks" / f"seg_{name}.nii.gz")
-
-    def gland(path: Path) -> Volume:
-        """Channel 0 of a prostate-mr-us label file (float, 4D) as a 0/1 label map."""
-        volume = read_image(str(path), channel=0)
-        return Volume((volume.data > 0.5).to(torch.int16), volume.ijk_to_ras, kind="labels")
 
     brain = data / "brain-mr"
     put("brain", "subjecta_t1", read_image(str(brain / "subject_a_t1.nii.gz")), read_labels(str(brain / "subject_a_aseg.nii.gz")))

@@ -433,6 +433,12 @@ def test_list_models_describes_each_architecture_for_an_input_size(capsys):
     assert parameters == sum(p.numel() for p in AffineParamsNet(widen_factor=0.25).parameters())
     assert cli.main(["train", "list-models", "--input-size", "1@32x32"]) == 2
     assert "is not C@DxHxW" in capsys.readouterr().err
+    assert cli.main(["train", "list-models", "--architecture", "plain_conv_unet", "--input-size", "2@40x44x37"]) == 0
+    out = capsys.readouterr().out
+    assert "n_stages=4" in out and "input 1 x 2@40x48x40 (the closest valid patch size)" in out
+    assert "output: logits [1, 2, 40, 48, 40]" in out
+    assert cli.main(["train", "list-models", "--architecture", "affine_params", "--input-size", "2@32x32x32"]) == 2
+    assert "one channel per image, not 2" in capsys.readouterr().err
 
 
 def test_the_rotation_curriculum_widens_the_angles_epoch_by_epoch(dataset):
