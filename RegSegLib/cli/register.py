@@ -35,7 +35,8 @@ DESCRIPTION = (
     "Registers MOVING to FIXED. Writes warped.nii.gz, transform.h5 (the whole fixed-to-moving mapping, ITK "
     "composite; a deformable stage's field at the resolution it was estimated), affine.tfm, "
     "warped_labels.nii.gz (with labels), metrics.json (every setting used, the figures, any warning) and "
-    "qc.png into OUTDIR; displacement.nii.gz with --displacement-image."
+    "qc.png into OUTDIR; displacement.nii.gz with --displacement-image; fixed_segmentation.nii.gz and "
+    "moving_segmentation.nii.gz with --segment-with."
 )
 OUTPUTS = (
     "warped.nii.gz",
@@ -45,10 +46,20 @@ OUTPUTS = (
     "warped_labels.nii.gz",
     "metrics.json",
     "qc.png",
+    "fixed_segmentation.nii.gz",
+    "moving_segmentation.nii.gz",
 )
 """Every file ``regseg register`` may write into its output folder."""
 FIELD_GRIDS = ("working", "fixed")
 """Where the stored displacement field lives: the grid it was estimated on, or the fixed image's grid."""
+
+
+def segmentation_models(text: str) -> tuple[str, str]:
+    """``MODEL_FIXED,MODEL_MOVING`` (or one model for both images) as two names or files."""
+    names = [name.strip() for name in text.split(",")]
+    if len(names) not in (1, 2) or not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give MODEL_FIXED,MODEL_MOVING or one model for both images")
+    return (names[0], names[-1])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +81,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", metavar="NAME|FILE",
         help="affine network (a name from 'regseg models list' or a model.pt) whose prediction starts the "
         "iterative stages (HyReg): recovers starts the engine alone cannot, such as rotations beyond 90 degrees",
+    )
+    parser.add_argument(
+        "--segment-with", type=segmentation_models, metavar="MODEL_FIXED,MODEL_MOVING",
+        help="segmentation models (names from 'regseg models list --task segmentation' or model.pt files; one name "
+        "for both images) that segment both images: the registration is then driven by the segmentations (their "
+        "smoothed foregrounds are registered, and the guard checks their overlap), e.g. the prostate gland for MR "
+        "to ultrasound",
     )
     parser.add_argument("--fixed-labels", metavar="F", help="fixed label map (for Dice)")
     parser.add_argument("--moving-labels", metavar="F", help="moving label map (warped and scored)")
@@ -128,6 +146,8 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--labels needs --fixed-labels and --moving-labels")
     if args.model and args.init:
         parser.error("--model and --init both give the initial transform: choose one")
+    if args.segment_with and args.method == NETWORK_METHOD:
+        parser.error("--segment-with drives the iterative stages; --method network has none")
     if args.method == NETWORK_METHOD and not args.model:
         parser.error("--method network keeps a network's prediction: name the network with --model NAME|FILE")
     if args.method != "deformable":
@@ -200,6 +220,12 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
             network_started = time.perf_counter()
             model = load_affine_model(args.model, device)
             network_seconds = time.perf_counter() - network_started
+        segmenters = None
+        if args.segment_with:  # refused before the volumes are read, as the affine model
+            from RegSegLib.segmentation.models import load_segmentation_model
+
+            loaded = {name: load_segmentation_model(name, device) for name in dict.fromkeys(args.segment_with)}
+            segmenters = [loaded[name] for name in args.segment_with]
         started = time.perf_counter()
         fixed = read_image(args.fixed, args.fixed_channel, "--fixed-channel")
         moving = read_image(args.moving, args.moving_channel, "--moving-channel")
@@ -209,6 +235,19 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
         moving_labels = read_labels(args.moving_labels, moving, args.moving) if args.moving_labels else None
         initial = read_transform(args.init) if args.init else None
         read_seconds = time.perf_counter() - started
+        guidance, segment_seconds = None, None
+        if segmenters is not None:
+            from RegSegLib.segmentation.inference import segment
+
+            report(0.02, "segmenting both images")
+            segment_started = time.perf_counter()
+            guidance = tuple(
+                segment(segmenter.network, segmenter.plan, [image], device=device) for segmenter, image in zip(segmenters, (fixed, moving))
+            )
+            segment_seconds = time.perf_counter() - segment_started
+            for segmentation, path in zip(guidance, (args.fixed, args.moving)):
+                if not bool((segmentation.data != 0).any()):
+                    raise InputError(path, "the segmentation model found nothing in this image, so it cannot guide the registration")
         if model is not None:
             report(0.04, "network prediction")
             network_started = time.perf_counter()
@@ -222,6 +261,7 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
             fixed_mask=fixed_mask,
             moving_mask=moving_mask,
             initial=initial,
+            guidance=guidance,
             device=device,
             progress=Progress(report).sub(0.05, 0.8),
         )
@@ -246,6 +286,9 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
             write_transform(displacement, staging.file("displacement.nii.gz"))
         if outcome.warped_labels is not None:
             write_volume(outcome.warped_labels, staging.file("warped_labels.nii.gz"))
+        if guidance is not None:
+            write_volume(guidance[0], staging.file("fixed_segmentation.nii.gz"))
+            write_volume(guidance[1], staging.file("moving_segmentation.nii.gz"))
         metrics: dict[str, Any] = {
             "command": COMMAND,
             "fixed": args.fixed,
@@ -257,6 +300,7 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
             "diffeomorphic": bool(args.diffeomorphic),
             "initial_transform": args.init,
             "model": args.model,
+            "segment_with": list(args.segment_with) if args.segment_with else None,
             "settings": settings.as_dict(),
             "field_grid": _grid_record(displacement),
             "device": str(device),
@@ -270,6 +314,7 @@ def run(args: argparse.Namespace, report: Callable[[float, str], None]) -> int:
             "imports": started - imports_started,
             "read": read_seconds,
             **({"network": network_seconds} if network_seconds is not None else {}),
+            **({"segment": segment_seconds} if segment_seconds is not None else {}),
             **result.seconds,
             "write": time.perf_counter() - write_started,
             "total": time.perf_counter() - started,
