@@ -36,6 +36,7 @@ ensure_regseglib_importable()
 
 from RegSegLib.registration import settings  # noqa: E402  (torch-free: the methods' names and rules)
 from RegSegSlicerLib import nodes  # noqa: E402
+from RegSegSlicerLib.dependencies import DependencyLogicMixin  # noqa: E402
 from RegSegSlicerLib.jobs import JobState  # noqa: E402
 from RegSegSlicerLib.panel import JobPanelMixin, ModelSectionMixin  # noqa: E402
 from RegSegSlicerLib.registration import (  # noqa: E402
@@ -222,36 +223,14 @@ class RegSegRegistrationWidget(JobPanelMixin, ModelSectionMixin, ScriptedLoadabl
 #
 
 
-class RegSegRegistrationLogic(ScriptedLoadableModuleLogic):
+class RegSegRegistrationLogic(DependencyLogicMixin, ScriptedLoadableModuleLogic):
     """Registration without the GUI: the panel, batch scripts and tests use it alike."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.dependencies_ready = False
 
     def getParameterNode(self):
         return RegSegRegistrationParameterNode(super().getParameterNode())
-
-    def setup_dependencies(self, interactive: bool = True) -> None:
-        """Installs torch (PyTorch extension) and the Python packages when missing, once per session.
-
-        Raises:
-            RegSegSlicerLib.dependencies.DependencyError: a dependency is still missing.
-        """
-        if self.dependencies_ready:
-            return
-        from RegSegSlicerLib.dependencies import ensure_dependencies
-
-        ensure_dependencies(interactive=interactive)
-        self.dependencies_ready = True
-
-    @staticmethod
-    def missing_requirements() -> list:
-        """torch and RegSegLib's other packages as far as this Slicer lacks them (empty: registrations can run)."""
-        from RegSegSlicerLib import dependencies
-
-        missing = [dependencies.TORCH_REQUIREMENT] if dependencies.torch_missing() else []
-        return missing + dependencies.missing_requirements(dependencies.read_requirements())
 
     def request_from_parameters(self, parameters, fixed_mask_segments=None, moving_mask_segments=None) -> RegistrationRequest:
         """A :class:`RegistrationRequest` from the parameter node (and the segments chosen in the panel).

@@ -176,3 +176,31 @@ def ensure_dependencies(interactive: bool = True) -> None:
 
     ensure_torch(slicer, interactive)
     ensure_packages(slicer, REQUIREMENTS_FILE, interactive)
+
+
+def missing_for_panels() -> list[str]:
+    """torch and RegSegLib's other packages as far as this Slicer lacks them (empty: every panel's job can run)."""
+    missing = [TORCH_REQUIREMENT] if torch_missing() else []
+    return missing + missing_requirements(read_requirements())
+
+
+class DependencyLogicMixin:
+    """What every RegSeg module's Logic does about dependencies: install them once per session on request."""
+
+    dependencies_ready = False
+
+    def setup_dependencies(self, interactive: bool = True) -> None:
+        """Installs torch (PyTorch extension) and the Python packages when missing, once per session.
+
+        Raises:
+            DependencyError: a dependency is still missing.
+        """
+        if self.dependencies_ready:
+            return
+        ensure_dependencies(interactive=interactive)
+        self.dependencies_ready = True
+
+    @staticmethod
+    def missing_requirements() -> list:
+        """:func:`missing_for_panels`."""
+        return missing_for_panels()

@@ -48,6 +48,9 @@ class RegistrationRequest:
         fixed_mask, moving_mask: label map volume on the image's grid, or segmentation node.
         fixed_mask_segments, moving_mask_segments: segment IDs or names of a segmentation mask (default all).
         initial_transform: transform node to start from (its "transform from parent", fixed -> moving).
+        segment_with: segmentation models (model-store names or ``model.pt`` files) for the fixed and the moving
+            volume: both are segmented and the segmentations drive the registration (``--segment-with``); ``None``
+            = the images drive it.
         fixed_labels, moving_labels: label maps or segmentations for Dice (segmentations matched by name).
         diffeomorphic: deformable stage as a stationary velocity field.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -73,6 +76,7 @@ class RegistrationRequest:
     moving_mask: Any = None
     moving_mask_segments: Sequence[str] | None = None
     initial_transform: Any = None
+    segment_with: Sequence[str] | None = None
     fixed_labels: Any = None
     moving_labels: Any = None
     diffeomorphic: bool = False
@@ -102,6 +106,8 @@ class RegistrationRequest:
             validation.check_choice(self.device, settings.DEVICES, "device")
         except ValueError as exc:
             raise ValueError(readable_message(str(exc))) from None
+        if self.segment_with is not None and (len(self.segment_with) != 2 or not all(str(m).strip() for m in self.segment_with)):
+            raise ValueError("Segmentation-guided registration needs a segmentation model for each volume (fixed, moving).")
         if (self.fixed_labels is None) != (self.moving_labels is None):
             raise ValueError("Dice needs both fixed and moving labels (or neither).")
         inputs = [self.fixed_volume, self.moving_volume, self.fixed_mask, self.moving_mask, self.fixed_labels, self.moving_labels, self.initial_transform]
@@ -203,6 +209,8 @@ def command_arguments(request: RegistrationRequest, files: dict[str, str], outpu
     ):
         if role in files:
             args += [option, files[role]]
+    if request.segment_with is not None:
+        args += ["--segment-with", ",".join(str(model).strip() for model in request.segment_with)]
     for values, option, kind in ((request.levels, "--levels", float), (request.iterations, "--iterations", int)):
         if values is not None:
             args += [option, ",".join(repr(kind(value)) for value in values)]

@@ -187,3 +187,5 @@ def test_cmake_installs_regseglib_with_its_data_files(tmp_path):
     assert files(modules / "RegSegLib") == files(source)
     assert (modules / "Scripts" / "slicer_register.py").is_file()
     assert (modules / "RegSegRegistration.py").is_file()
+    assert (modules / "RegSegSegmentation.py").is_file() and (modules / "Resources" / "UI" / "RegSegSegmentation.ui").is_file()
+    assert (modules / "RegSegSlicerLib" / "segmentation.py").is_file()

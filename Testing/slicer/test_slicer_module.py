@@ -111,7 +111,7 @@ def cmake_listed_files(cmake: Path) -> list[Path]:
     text = cmake.read_text()
     text = text.replace("${MODULE_NAME}", re.search(r"set\(MODULE_NAME (\w+)\)", text).group(1))
     files = []
-    for block in re.findall(r"set\(MODULE_PYTHON_(?:SCRIPTS|RESOURCES)(.*?)\)", text, re.S):
+    for block in re.findall(r"set\((?:\w+_)?MODULE_PYTHON_(?:SCRIPTS|RESOURCES)(.*?)\)", text, re.S):
         files += [cmake.parent / token for token in block.split()]
     return files
 
@@ -644,6 +644,22 @@ def test_advanced_settings_become_exactly_the_cli_options_and_defaults_none():
     parsed = parser.parse_args(affine_args)
     parsed.module.check(parser, parsed)
     assert parsed.settings.method == "affine" and parsed.settings.affine.levels == (2.0, 1.5)
+
+
+def test_segmentation_guidance_becomes_the_segment_with_option():
+    from RegSegLib import cli
+
+    with slicer_module_standins():
+        from RegSegSlicerLib.registration import RegistrationRequest, command_arguments
+
+    files = {"fixed": "/w/fixed.nrrd", "moving": "/w/moving.nrrd"}
+    request = RegistrationRequest(None, None, method="deformable", segment_with=("gland-us", " /m/gland-mr.pt"))
+    args = command_arguments(request, files, "/w/result")
+    assert args[args.index("--segment-with") + 1] == "gland-us,/m/gland-mr.pt"
+    parsed = cli.build_parser().parse_args(args)
+    assert parsed.segment_with == ("gland-us", "/m/gland-mr.pt")
+    with pytest.raises(ValueError, match="a segmentation model for each volume"):
+        RegistrationRequest(small_volume("fixed"), small_volume("moving"), segment_with=("gland-us",)).validate()
 
 
 def test_panel_and_batch_choices_are_the_settings_vocabulary_and_the_ui_lists_them():

@@ -10,12 +10,10 @@ result nodes, error messages.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
-from slicer_panel_standins import install_standin_application
+from slicer_panel_standins import install_standin_application, run_until_idle
 from slicer_standins import MODULE_FOLDER, import_file, require_mrml, slicer_module_standins
 
 slicer = require_mrml()
@@ -31,7 +29,6 @@ from slicer_scene import (  # noqa: E402
     scene_state,
 )
 
-DEADLINE_S = 300.0
 pytestmark = pytest.mark.filterwarnings("error:does not have observer", "error:already has observer")
 
 
@@ -55,15 +52,6 @@ def panel(shared_data, tmp_path, monkeypatch):
         yield widget, data, app
         widget.exit()
         widget.cleanup()
-
-
-def run_until_idle(widget, condition=None) -> None:
-    """Fires the panel's timer every 50 ms, as Qt's event loop does, until it stops (or ``condition()`` holds)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while widget.timer.active and not (condition is not None and condition()):
-        assert time.monotonic() < deadline, "the registration did not finish in time"
-        time.sleep(0.05)
-        widget.timer.fire()
 
 
 def test_the_panel_picks_the_volumes_binds_every_selector_to_the_scene_and_enables_apply(panel):

@@ -361,3 +361,18 @@ def install_standin_application(monkeypatch, folder: Path, scene) -> StandinAppl
     monkeypatch.setattr(slicer.util, "errorDisplay", app.error_display)
     monkeypatch.setattr(slicer.util, "setSliceViewerLayers", app.set_slice_viewer_layers)
     return app
+
+
+DEADLINE_S = 300.0
+"""The longest a panel's job may take in the tests."""
+
+
+def run_until_idle(widget, condition=None) -> None:
+    """Fires the panel's timer every 50 ms, as Qt's event loop does, until it stops (or ``condition()`` holds)."""
+    import time
+
+    deadline = time.monotonic() + DEADLINE_S
+    while widget.timer.active and not (condition is not None and condition()):
+        assert time.monotonic() < deadline, "the job did not finish in time"
+        time.sleep(0.05)
+        widget.timer.fire()
