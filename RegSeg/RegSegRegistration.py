@@ -34,6 +34,7 @@ from RegSegSlicerLib.paths import ensure_regseglib_importable
 
 ensure_regseglib_importable()
 
+from RegSegLib.errors import RegSegError  # noqa: E402
 from RegSegLib.registration import settings  # noqa: E402  (torch-free: the methods' names and rules)
 from RegSegSlicerLib import nodes  # noqa: E402
 from RegSegSlicerLib.dependencies import DependencyLogicMixin  # noqa: E402
@@ -48,7 +49,8 @@ from RegSegSlicerLib.registration import (  # noqa: E402
 
 MAX_REGULARISATION = 1000.0
 MAX_SPACING_MM = 50.0
-"""The model store tasks whose models the Models section lists and imports."""
+NO_SEGMENTER = "None (the images drive the registration)"
+"""The first entry of the "Segment ... with" choices."""
 
 
 #
@@ -153,8 +155,37 @@ class RegSegRegistrationWidget(JobPanelMixin, ModelSectionMixin, ScriptedLoadabl
         self.ui.fixedMaskSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.update_segment_selectors)
         self.ui.movingMaskSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.update_segment_selectors)
         self.setup_model_section()
+        self.refresh_segmenters()
         self.initializeParameterNode()
         self.update_segment_selectors()
+
+    def refresh_segmenters(self) -> None:
+        """Lists "None" and the store's segmentation models in the two "Segment ... with" choices (Advanced)."""
+        from RegSegSlicerLib import model_store
+
+        try:
+            names = [row.name for row in model_store.model_rows("segmentation")]
+        except RegSegError:
+            names = []
+        for combo in (self.ui.fixedSegmenterComboBox, self.ui.movingSegmenterComboBox):
+            combo.clear()
+            combo.addItem(NO_SEGMENTER)
+            for name in names:
+                combo.addItem(name)
+
+    def segment_with(self) -> Optional[tuple[str, str]]:
+        """The two models chosen for segmentation-guided registration, ``None`` when neither is.
+
+        Raises:
+            ValueError: a model is chosen for one volume only.
+        """
+        chosen = [combo.currentText for combo in (self.ui.fixedSegmenterComboBox, self.ui.movingSegmenterComboBox)]
+        given = [name for name in chosen if name and name != NO_SEGMENTER]
+        if not given:
+            return None
+        if len(given) != 2:
+            raise ValueError(_("Segmentation-guided registration needs a model for the fixed and for the moving volume."))
+        return (given[0], given[1])
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -189,6 +220,7 @@ class RegSegRegistrationWidget(JobPanelMixin, ModelSectionMixin, ScriptedLoadabl
             self._parameterNode,
             fixed_mask_segments=list(self.ui.fixedMaskSegmentSelector.selectedSegmentIDs()),
             moving_mask_segments=list(self.ui.movingMaskSegmentSelector.selectedSegmentIDs()),
+            segment_with=self.segment_with(),
         )
 
     def show_results(self, job: RegistrationJob) -> str:
@@ -232,8 +264,9 @@ class RegSegRegistrationLogic(DependencyLogicMixin, ScriptedLoadableModuleLogic)
     def getParameterNode(self):
         return RegSegRegistrationParameterNode(super().getParameterNode())
 
-    def request_from_parameters(self, parameters, fixed_mask_segments=None, moving_mask_segments=None) -> RegistrationRequest:
-        """A :class:`RegistrationRequest` from the parameter node (and the segments chosen in the panel).
+    def request_from_parameters(self, parameters, fixed_mask_segments=None, moving_mask_segments=None, segment_with=None) -> RegistrationRequest:
+        """A :class:`RegistrationRequest` from the parameter node (and the segments and segmentation models chosen in
+        the panel).
 
         Raises:
             ValueError: an advanced comma list that is not numbers (e.g. ``"4,x"``).
@@ -249,6 +282,7 @@ class RegSegRegistrationLogic(DependencyLogicMixin, ScriptedLoadableModuleLogic)
             moving_mask=parameters.moving_mask,
             moving_mask_segments=moving_mask_segments or None,
             initial_transform=parameters.initial_transform,
+            segment_with=segment_with,
             fixed_labels=parameters.fixed_labels,
             moving_labels=parameters.moving_labels,
             diffeomorphic=parameters.diffeomorphic,

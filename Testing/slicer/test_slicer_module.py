@@ -692,8 +692,8 @@ def test_panel_and_batch_choices_are_the_settings_vocabulary_and_the_ui_lists_th
         if widget.get("class") == "QComboBox":
             items = [item.find("property/string").text for item in widget.findall("item")]
             bound = [p.find("string").text for p in widget.findall("property") if p.get("name") == "SlicerParameterName"]
-            if not bound:  # filled by the panel (the model list), not a setting
-                assert widget.get("name") == "modelComboBox" and items == []
+            if not bound:  # filled by the panel (the model lists), not a setting
+                assert widget.get("name") in ("modelComboBox", "fixedSegmenterComboBox", "movingSegmenterComboBox") and items == []
                 continue
             listed[bound[0]] = items
     assert listed == choices
