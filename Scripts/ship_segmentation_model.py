@@ -2,7 +2,7 @@
 RegSegLib/models/shipped and its manifest entry (sha256, size, licence, training data, budget, metrics, the
 command that reproduces it).
 
-    python Scripts/ship_segmentation_model.py RUN_FOLDER --name regseg-prostate-gland-mr --modality MR \\
+    python Scripts/ship_segmentation_model.py RUN_FOLDER --name regseg-prostate-gland-mr --modality mr \\
         --budget "..." --reproduce "..." [--metric dice] [--metrics held_out.json] [--version 1.0.0]
 
 The segment is the prostate gland (Slicer's General Anatomy terminology, SNOMED CT 41216001). ``--metrics``
@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+MODALITIES = {"mr": "MR", "us": "transrectal ultrasound"}
+"""``--modality`` -> the images' description in the model card (their labels are ``<modality>_labels``)."""
 TRAINING_DATA = (
     "prostate-mr-us (DeepReg demo data, Apache-2.0) {modality} volumes of cases case000000-case000021 with the gland "
     "(channel 0 of {labels}); fold {fold} of 5 (cases {validation}) for model selection; cases case000022-case000026 "
@@ -38,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--modality", required=True, help="what the model segments (MR, US)")
+    parser.add_argument("--modality", required=True, choices=tuple(MODALITIES), help="the prostate-mr-us images it was trained on")
     parser.add_argument("--version", default="1.0.0")
     parser.add_argument("--metric", default="dice", help="selection metric whose best model ships")
     parser.add_argument("--metrics", type=Path, help="JSON object of held-out figures")
@@ -58,12 +60,11 @@ def main() -> None:
     if args.metrics:
         metrics.update({key: float(value) for key, value in json.loads(args.metrics.read_text()).items()})
     spacing = [float(s) for s in plan["spacing"]][::-1]
-    modality = args.modality.lower()
     entry = ModelEntry(
         name=args.name, task="segmentation", version=args.version, file=path.name, sha256=file_sha256(path),
         size=path.stat().st_size, licence="Apache-2.0 (weights); training data Apache-2.0",
         training_data=TRAINING_DATA.format(
-            modality=args.modality, labels=f"{modality}_labels", fold=config["data"]["fold"],
+            modality=MODALITIES[args.modality], labels=f"{args.modality}_labels", fold=config["data"]["fold"],
             validation=", ".join(config["data"]["validation_patients"]),
         ),
         budget=args.budget, reproduce=args.reproduce,

@@ -433,7 +433,7 @@ def test_a_new_command_is_one_file(tmp_path, monkeypatch, capsys):
     monkeypatch.delattr(RegSegLib.cli, "greet", raising=False)
     assert cli.main(["greet", "--name", "Slicer", "--progress", "none"]) == 0
     assert capsys.readouterr().out == "hello Slicer\n"
-    assert [module.COMMAND for module in commands()] == ["register", "apply", "evaluate", "models", "train", "greet"]
+    assert [module.COMMAND for module in commands()] == ["register", "segment", "apply", "evaluate", "models", "train", "greet"]
 
 
 def test_cli_choices_and_defaults_come_from_the_settings():

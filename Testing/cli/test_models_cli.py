@@ -5,6 +5,7 @@ output and exit codes (0 success, 2 one line ``regseg: error: ...``).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +16,23 @@ from RegSegLib.models.manifest import file_sha256
 
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
-    """An empty user store; the package's shipped folder ships nothing."""
+    """An empty user store, and a shipped folder that ships nothing (the shipped models have their own test)."""
+    from RegSegLib.models import store
+
     monkeypatch.setenv("REGSEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(store, "SHIPPED_FOLDER", tmp_path / "nothing-shipped")
     return tmp_path / "home"
+
+
+def test_the_shipped_gland_models_are_listed_and_verify(capsys, monkeypatch):
+    from RegSegLib.models import store
+
+    monkeypatch.setattr(store, "SHIPPED_FOLDER", Path(store.__file__).parent / "shipped")
+    code, out, _ = run(capsys, "list", "--task", "segmentation", "--json")
+    listed = json.loads(out)
+    assert code == 0 and [(m["name"], m["shipped"]) for m in listed] == [("regseg-prostate-gland-mr", True), ("regseg-prostate-gland-us", True)]
+    assert all(Path(m["path"]).parent == store.SHIPPED_FOLDER for m in listed)
+    assert run(capsys, "verify") == (0, "ok regseg-prostate-gland-mr (shipped)\nok regseg-prostate-gland-us (shipped)\n", "")
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -234,8 +234,17 @@ def test_weights_only_refuses_a_pickle_with_objects_even_when_its_checksum_match
     assert not marker.exists()
 
 
+def test_the_shipped_models_are_the_gland_models_whose_files_match_their_entries():
+    entries = read_manifest(SHIPPED_FOLDER / "manifest.json")
+    assert sorted(entry.name for entry in entries) == ["regseg-prostate-gland-mr", "regseg-prostate-gland-us"]
+    for entry in entries:
+        path = SHIPPED_FOLDER / entry.file
+        assert entry.task == "segmentation" and entry.size == path.stat().st_size <= 20_000_000
+        assert file_sha256(path) == entry.sha256 and "case000022-case000026 never used" in entry.training_data
+        assert entry.reproduce.startswith("python Scripts/prepare_segmentation_data.py") and entry.metrics
+
+
 def test_shipped_models_are_listed_read_only(store, tmp_path):
-    assert read_manifest(SHIPPED_FOLDER / "manifest.json") == []  # no model ships yet
     _, shipped_entry = write_model(store.shipped_folder, "default-affine", sidecar=False)
     write_manifest([shipped_entry], store.shipped_folder / "manifest.json")
     weights, entry = write_model(tmp_path / "offline", "user-elastic", task="elastic")

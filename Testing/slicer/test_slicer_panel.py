@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slicer_panel_standins import install_standin_application, run_until_idle
+from slicer_panel_standins import install_standin_application, open_panel, run_until_idle
 from slicer_standins import MODULE_FOLDER, import_file, require_mrml, slicer_module_standins
 
 slicer = require_mrml()
@@ -44,14 +44,8 @@ def panel(shared_data, tmp_path, monkeypatch):
     data = prostate_scene(shared_data)
     app = install_standin_application(monkeypatch, tmp_path, data["scene"])
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    with slicer_module_standins():
-        module = import_file(MODULE_FOLDER / "RegSegRegistration.py")
-        widget = module.RegSegRegistrationWidget()
-        widget.setup()
-        widget.enter()
+    with open_panel("RegSegRegistration.py", "RegSegRegistrationWidget") as (widget, _):
         yield widget, data, app
-        widget.exit()
-        widget.cleanup()
 
 
 def test_the_panel_picks_the_volumes_binds_every_selector_to_the_scene_and_enables_apply(panel):

@@ -9,13 +9,14 @@ many arguments as a slot takes, like PythonQt. Only the methods the panel uses e
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import stat
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 def _property_value(element: ET.Element) -> Any:
@@ -376,3 +377,29 @@ def run_until_idle(widget, condition=None) -> None:
         assert time.monotonic() < deadline, "the job did not finish in time"
         time.sleep(0.05)
         widget.timer.fire()
+
+
+@contextlib.contextmanager
+def open_panel(module_file: str, widget_class: str) -> Iterator:
+    """A module's panel widget set up and entered (inside :func:`slicer_standins.slicer_module_standins`, after
+    :func:`install_standin_application`); exited and cleaned up afterwards.
+
+    Args:
+        module_file: the module's file in the module folder (``RegSegRegistration.py``).
+        widget_class: its widget class (``RegSegRegistrationWidget``).
+
+    Yields:
+        ``(widget, module)``.
+    """
+    from slicer_standins import MODULE_FOLDER, import_file, slicer_module_standins
+
+    with slicer_module_standins():
+        module = import_file(MODULE_FOLDER / module_file)
+        widget = getattr(module, widget_class)()
+        widget.setup()
+        widget.enter()
+        try:
+            yield widget, module
+        finally:
+            widget.exit()
+            widget.cleanup()
