@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from slicer_panel_standins import install_standin_application, open_panel, run_until_idle
-from slicer_standins import require_mrml, slicer_module_standins
+from slicer_standins import register_segmentation_converters, require_mrml, slicer_module_standins
 
 slicer = require_mrml()
+register_segmentation_converters()  # as the Segmentations module does when Slicer starts
 
 from slicer_scene import add_volume, node_ijk_to_ras  # noqa: E402
 from RegSegLib.io.checks import read_image, read_labels  # noqa: E402
