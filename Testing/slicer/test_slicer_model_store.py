@@ -41,7 +41,9 @@ def test_rows_per_task_and_import_of_a_file(model_store, store, tmp_path):
     assert row.label == "prostate-seg 1.2.0"
     rows = model_store.model_rows("segmentation", store)
     assert [(r.name, r.shipped) for r in rows] == [("default-seg", True), ("prostate-seg", False)]
-    assert model_store.model_rows("segmentation") == [row]  # the default store is the REGSEG_HOME one
+    default = model_store.model_rows("segmentation")  # the default store: REGSEG_HOME, and the package's shipped models
+    assert [(r.name, r.shipped) for r in default] == [("regseg-prostate-gland-mr", True), ("regseg-prostate-gland-us", True), ("prostate-seg", False)]
+    assert default[-1] == row
     with pytest.raises(ValueError, match="unknown model task 'registration'; choose one of affine, elastic"):
         model_store.model_rows("registration", store)
     assert "*.json" in model_store.IMPORT_FILTER and "*.pt" in model_store.IMPORT_FILTER
