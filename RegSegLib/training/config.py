@@ -42,6 +42,10 @@ PRECISIONS: tuple[str, ...] = ("auto", "32-true", "bf16-mixed", "16-mixed")
 FUSIONS: tuple[str, ...] = ("early", "late")
 
 
+class TrainingError(ValueError):
+    """A training configuration that cannot run (the message says why)."""
+
+
 @dataclass
 class LRSchedulerConfig:
     """A learning-rate scheduler: a ``torch.optim.lr_scheduler`` class name and its keyword arguments.

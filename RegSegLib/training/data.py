@@ -33,7 +33,7 @@ from RegSegLib.geometry import axis_angle_rotation
 from RegSegLib.networks.affine import half_span
 from RegSegLib.networks.inputs import network_grid, network_input, network_spacing, prepared_for
 from RegSegLib.ops.intensity import robust_scale
-from RegSegLib.training.config import DataConfig
+from RegSegLib.training.config import BaseConfig, DataConfig, TrainingError
 from RegSegLib.transforms import AffineTransform, resample
 from RegSegLib.volume import Volume
 
@@ -118,6 +118,33 @@ def split_patients(patients: Sequence[str], data: DataConfig, seed: int) -> dict
     validation = folds[data.fold]
     train = [patient for patient in rest if patient not in validation]
     return {"train": sorted(train), "validation": sorted(validation), "test": sorted(test)}
+
+
+def resolve_split(config: BaseConfig, patients: Sequence[str]) -> BaseConfig:
+    """``config`` with the split of the data's ``patients`` (one entry per sample or case) filled in, kept
+    when already given (e.g. by a continued run)."""
+    known = set(patients)
+    data = config.data
+    if data.train_patients:
+        missing = sorted(set(data.train_patients + data.validation_patients + data.test_patients) - known)
+        if missing:
+            raise TrainingError(f"the stored split names patients that are not in the data: {', '.join(missing[:5])}")
+        return config
+    split = split_patients(sorted(known), data, config.seed)
+    data.train_patients, data.validation_patients, data.test_patients = split["train"], split["validation"], split["test"]
+    return config
+
+
+def epoch_batches(pairs: int, batch_size: int, rank: int, world_size: int) -> int:
+    """Batches of one epoch on process ``rank`` of ``world_size``; raises :class:`TrainingError` when an
+    epoch would make no weight update there."""
+    batches = -(-len(range(rank, pairs, world_size)) // batch_size)
+    if batches == 0:
+        raise TrainingError(
+            f"an epoch would make no update: {pairs} pairs per epoch shared by {world_size} processes leave none "
+            f"for process {rank}; raise data.pairs_per_epoch"
+        )
+    return batches
 
 
 def random_rotation(rng: np.random.Generator, max_angle_deg: float) -> np.ndarray:

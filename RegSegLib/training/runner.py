@@ -27,16 +27,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from RegSegLib.training.callbacks import BestModelSelection, InnerEvaluation, LoaderPosition, RelativeEarlyStopping
-from RegSegLib.training.config import MODEL_CONFIGS, BaseConfig, data_schema, scheduler_epoch_warning
+from RegSegLib.training.config import MODEL_CONFIGS, BaseConfig, TrainingError, data_schema, scheduler_epoch_warning
 from RegSegLib.vocabulary import AFFINE_ARCHITECTURES, SEGMENTATION_ARCHITECTURES
-from RegSegLib.training.data import PairSampler, ResumableLoader, Sample, SyntheticPairs, find_samples, split_patients
+from RegSegLib.training.data import PairSampler, ResumableLoader, Sample, SyntheticPairs, epoch_batches, find_samples, resolve_split
 
 CONFIG_FILE = "config.yaml"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
-
-
-class TrainingError(ValueError):
-    """A training configuration that cannot run (the message says why)."""
 
 
 def to_config(node: Any) -> BaseConfig:
@@ -87,33 +83,6 @@ def run_folder(config: BaseConfig) -> Path:
     """The run folder of ``config``: ``output_dir/run_name``, or ``output_dir/TASK-foldF-TIME``."""
     name = config.run_name or f"{config.task}-fold{config.data.fold}-{time.strftime('%Y%m%d-%H%M%S')}"
     return Path(config.output_dir) / name
-
-
-def resolve_split(config: BaseConfig, patients: Sequence[str]) -> BaseConfig:
-    """``config`` with the split of the data's ``patients`` (one entry per sample or case) filled in, kept
-    when already given (e.g. by a continued run)."""
-    known = set(patients)
-    data = config.data
-    if data.train_patients:
-        missing = sorted(set(data.train_patients + data.validation_patients + data.test_patients) - known)
-        if missing:
-            raise TrainingError(f"the stored split names patients that are not in the data: {', '.join(missing[:5])}")
-        return config
-    split = split_patients(sorted(known), data, config.seed)
-    data.train_patients, data.validation_patients, data.test_patients = split["train"], split["validation"], split["test"]
-    return config
-
-
-def epoch_batches(pairs: int, batch_size: int, rank: int, world_size: int) -> int:
-    """Batches of one epoch on process ``rank`` of ``world_size``; raises :class:`TrainingError` when an
-    epoch would make no weight update there."""
-    batches = -(-len(range(rank, pairs, world_size)) // batch_size)
-    if batches == 0:
-        raise TrainingError(
-            f"an epoch would make no update: {pairs} pairs per epoch shared by {world_size} processes leave none "
-            f"for process {rank}; raise data.pairs_per_epoch"
-        )
-    return batches
 
 
 class PairDataModule(LightningDataModule):

@@ -20,8 +20,8 @@ from lightning.pytorch import LightningDataModule
 
 from RegSegLib.networks.unet import logits, plain_conv_unet
 from RegSegLib.segmentation.inference import predict_probabilities
-from RegSegLib.training.config import BaseConfig
-from RegSegLib.training.data import PairSampler, ResumableLoader
+from RegSegLib.training.config import BaseConfig, TrainingError
+from RegSegLib.training.data import PairSampler, ResumableLoader, epoch_batches, resolve_split
 from RegSegLib.training.modules import TrainingModule
 from RegSegLib.training.segmentation_data import SegmentationPatches, WholeCases, preprocess_case
 from RegSegLib.validation import SettingsError
@@ -66,7 +66,6 @@ def segmentation_parts(config: BaseConfig) -> tuple[BaseConfig, "SegmentationMod
     """The config completed from the dataset (patient split, plan), the module and the data module."""
     from RegSegLib.segmentation.pathfinders import pathfinder
     from RegSegLib.segmentation.plan import fingerprint_dataset, plan_experiment
-    from RegSegLib.training.runner import TrainingError, resolve_split
 
     data = config.data
     finder = pathfinder(data.pathfinder, data.basepath, data.img_foldername, data.seg_foldername)
@@ -117,8 +116,6 @@ class SegmentationDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> ResumableLoader:
-        from RegSegLib.training.runner import epoch_batches
-
         data = self.config.data
         dataset = SegmentationPatches(self._cases("train"), data.plan, data.patches_per_epoch, data.foreground_oversampling, data.augment, self.config.seed)
         rank, world = self.trainer.global_rank, self.trainer.world_size
