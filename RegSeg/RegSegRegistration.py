@@ -37,7 +37,7 @@ ensure_regseglib_importable()
 from RegSegLib.errors import RegSegError  # noqa: E402
 from RegSegLib.registration import settings  # noqa: E402  (torch-free: the methods' names and rules)
 from RegSegSlicerLib import nodes  # noqa: E402
-from RegSegSlicerLib.dependencies import DependencyLogicMixin  # noqa: E402
+from RegSegSlicerLib.dependencies import DependencyLogicMixin, tests_skip_reason  # noqa: E402
 from RegSegSlicerLib.jobs import JobState  # noqa: E402
 from RegSegSlicerLib.panel import JobPanelMixin, ModelSectionMixin  # noqa: E402
 from RegSegSlicerLib.registration import (  # noqa: E402
@@ -379,13 +379,7 @@ class RegSegRegistrationTest(ScriptedLoadableModuleTest):
     """
 
     def skip_reason(self) -> Optional[str]:
-        missing = RegSegRegistrationLogic.missing_requirements()
-        if not missing:
-            return None
-        return (
-            "RegSeg registration tests skipped: this Slicer lacks " + ", ".join(missing) + " (install the PyTorch "
-            "extension, then press Apply once in RegSeg Registration to install the rest)."
-        )
+        return tests_skip_reason("RegSeg registration tests", "RegSeg Registration")
 
     def setUp(self):
         reason = self.skip_reason()

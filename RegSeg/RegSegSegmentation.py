@@ -26,7 +26,7 @@ from RegSegSlicerLib.paths import ensure_regseglib_importable
 
 ensure_regseglib_importable()
 
-from RegSegSlicerLib.dependencies import DependencyLogicMixin  # noqa: E402
+from RegSegSlicerLib.dependencies import DependencyLogicMixin, tests_skip_reason  # noqa: E402
 from RegSegSlicerLib.panel import JobPanelMixin, ModelSectionMixin  # noqa: E402
 from RegSegSlicerLib.segmentation import DEVICES, SegmentationJob, SegmentationOutputs, SegmentationRequest  # noqa: E402
 
@@ -221,13 +221,7 @@ class RegSegSegmentationTest(ScriptedLoadableModuleTest):
     """
 
     def skip_reason(self) -> Optional[str]:
-        missing = RegSegSegmentationLogic.missing_requirements()
-        if not missing:
-            return None
-        return (
-            "RegSeg segmentation tests skipped: this Slicer lacks " + ", ".join(missing) + " (install the PyTorch "
-            "extension, then press Apply once in a RegSeg module to install the rest)."
-        )
+        return tests_skip_reason("RegSeg segmentation tests", "a RegSeg module")
 
     def setUp(self):
         reason = self.skip_reason()

@@ -178,10 +178,20 @@ def ensure_dependencies(interactive: bool = True) -> None:
     ensure_packages(slicer, REQUIREMENTS_FILE, interactive)
 
 
-def missing_for_panels() -> list[str]:
-    """torch and RegSegLib's other packages as far as this Slicer lacks them (empty: every panel's job can run)."""
-    missing = [TORCH_REQUIREMENT] if torch_missing() else []
-    return missing + missing_requirements(read_requirements())
+def tests_skip_reason(tests: str, panel: str) -> str | None:
+    """Why a module's in-Slicer tests are skipped (this Slicer lacks torch or a package), ``None`` when they can run.
+
+    Args:
+        tests: what is skipped, e.g. ``"RegSeg registration tests"``.
+        panel: where one Apply installs the rest, e.g. ``"RegSeg Registration"``.
+    """
+    missing = ([TORCH_REQUIREMENT] if torch_missing() else []) + missing_requirements(read_requirements())
+    if not missing:
+        return None
+    return (
+        f"{tests} skipped: this Slicer lacks " + ", ".join(missing) + " (install the PyTorch "
+        f"extension, then press Apply once in {panel} to install the rest)."
+    )
 
 
 class DependencyLogicMixin:
@@ -199,8 +209,3 @@ class DependencyLogicMixin:
             return
         ensure_dependencies(interactive=interactive)
         self.dependencies_ready = True
-
-    @staticmethod
-    def missing_requirements() -> list:
-        """:func:`missing_for_panels`."""
-        return missing_for_panels()

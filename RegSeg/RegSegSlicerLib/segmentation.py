@@ -6,7 +6,8 @@ the ``regseg segment`` command line, and the import of ``segmentation.seg.nrrd``
 first input volume's grid; further input volumes (other sequences of a multi-channel model) are resampled onto it
 in physical space by RegSegLib.
 
-MRML-only: uses ``slicer``'s MRML classes (imported at call time) and the standard library.
+MRML-only: uses ``slicer``'s MRML classes (imported at call time), the standard library and RegSegLib's torch-free
+vocabulary.
 """
 
 from __future__ import annotations
@@ -18,8 +19,12 @@ from typing import Any, Sequence
 
 from RegSegSlicerLib import nodes
 from RegSegSlicerLib.jobs import BackgroundJob, JobCancelled, JobError
+from RegSegSlicerLib.paths import ensure_regseglib_importable
 
-DEVICES = ("auto", "cpu", "cuda")
+ensure_regseglib_importable()
+
+from RegSegLib.vocabulary import DEVICES  # noqa: E402  (torch-free)
+
 SEGMENTATION_FILE = "segmentation.seg.nrrd"
 
 

@@ -281,3 +281,32 @@ class ModelStore:
             return torch.load(model.path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as exc:
             raise InputError(model.path, "holds objects other than tensors and plain containers; refused, not loaded") from exc
+
+
+def load_record(source: str, task: str) -> Any:
+    """A model's record from a file (``model.pt`` of a run, or any existing path) or by its name in the store,
+    read with ``torch.load(weights_only=True)`` (a stored model after its sha256 matches).
+
+    Args:
+        source: a file or a model name.
+        task: the task the model must have when it comes from the store (:data:`RegSegLib.models.manifest.TASKS`).
+
+    Raises:
+        InputError: no such file or model, an unreadable file, or a stored model of another task.
+    """
+    path = Path(source)
+    if path.suffix in (".pt", ".pth") or path.exists():
+        if not path.is_file():
+            raise InputError(source, "no such model file")
+        import torch
+
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 -- any unreadable file is the same user error
+            raise InputError(source, f"not a readable model file ({type(error).__name__})") from error
+    store = ModelStore()
+    model = store.info(source)
+    if model.entry.task != task:
+        article = "an" if task[0] in "aeiou" else "a"
+        raise InputError(source, f"is a {model.entry.task} model, not {article} {task} one")
+    return store.load_weights(source)

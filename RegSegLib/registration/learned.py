@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,22 +50,9 @@ def load_affine_model(source: str, device: str | torch.device = "cpu") -> Affine
     Raises:
         InputError: no such model or file, a record that is not an affine model, or weights that do not fit it.
     """
-    path = Path(source)
-    if path.suffix in (".pt", ".pth") or path.exists():
-        if not path.is_file():
-            raise InputError(source, "no such model file")
-        try:
-            record = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 -- any unreadable file is the same user error
-            raise InputError(source, f"not a readable model file ({type(error).__name__})") from error
-    else:
-        from RegSegLib.models.store import ModelStore
+    from RegSegLib.models.store import load_record
 
-        store = ModelStore()
-        model = store.info(source)
-        if model.entry.task != "affine":
-            raise InputError(source, f"is a {model.entry.task} model, not an affine one")
-        record = store.load_weights(source)
+    record = load_record(source, "affine")
     if not isinstance(record, dict) or record.get("architecture") not in AFFINE_ARCHITECTURES or "config" not in record:
         raise InputError(source, "is not an affine registration model (no affine_params or affine_matrix record)")
     config: dict[str, Any] = record["config"]

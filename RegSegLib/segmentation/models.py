@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,22 +99,9 @@ def load_segmentation_model(source: str, device: str | torch.device = "cpu") -> 
     Raises:
         InputError: no such model or file, not a segmentation model, or weights that do not fit it.
     """
-    path = Path(source)
-    if path.suffix in (".pt", ".pth") or path.exists():
-        if not path.is_file():
-            raise InputError(source, "no such model file")
-        try:
-            record = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 -- any unreadable file is the same user error
-            raise InputError(source, f"not a readable model file ({type(error).__name__})") from error
-    else:
-        from RegSegLib.models.store import ModelStore
+    from RegSegLib.models.store import load_record
 
-        store = ModelStore()
-        model = store.info(source)
-        if model.entry.task != "segmentation":
-            raise InputError(source, f"is a {model.entry.task} model, not a segmentation one")
-        record = store.load_weights(source)
+    record = load_record(source, "segmentation")
     if not isinstance(record, dict) or record.get("architecture") not in SEGMENTATION_ARCHITECTURES:
         raise InputError(source, "is not a segmentation model (no plain_conv_unet record)")
     if "torchscript" in record:

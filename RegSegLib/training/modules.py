@@ -23,6 +23,8 @@ class TrainingModule(LightningModule):
     :attr:`batch_key`, the batch entry whose first dimension is the batch size."""
 
     batch_key = "image"
+    progress_metric = "loss"
+    """The validation metric the progress bar shows."""
     config: BaseConfig
 
     def _metrics(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -32,8 +34,6 @@ class TrainingModule(LightningModule):
         size = batch[self.batch_key].shape[0]
         for name, values in self._metrics(batch).items():
             self.log(f"val/{name}", values.mean(), on_epoch=True, batch_size=size, sync_dist=True, prog_bar=name == self.progress_metric)
-
-    progress_metric = "loss"
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> dict[str, float]:

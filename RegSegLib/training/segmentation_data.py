@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from RegSegLib.segmentation.pathfinders import Case
 from RegSegLib.segmentation.preprocessing import network_image, network_labels
+from RegSegLib.geometry import axis_angle_rotation
 from RegSegLib.ops.filters import gaussian_smooth
 
 MAX_ROTATION_DEG = 15.0
@@ -39,19 +40,16 @@ def preprocess_case(case: Case, plan: dict[str, Any]) -> tuple[torch.Tensor, tor
 
 
 def _rotation(rng: np.random.Generator, anisotropic: bool) -> np.ndarray:
-    """A random rotation ``[3, 3]`` of the patch axes (about the first axis only for anisotropic data)."""
+    """A random rotation ``[3, 3]`` of the patch axes (about the first axis only for anisotropic data): rotations
+    about the three axes by angles uniform in +-:data:`MAX_ROTATION_DEG`, composed in axis order. The second angle
+    turns the other way round (the draws the shipped models were trained with; the range is symmetric)."""
     limit = math.radians(MAX_ROTATION_DEG)
     angles = rng.uniform(-limit, limit, 3)
     if anisotropic:
         angles[1:] = 0.0
     matrix = np.eye(3)
-    for axis, angle in enumerate(angles):
-        cosine, sine = math.cos(angle), math.sin(angle)
-        other = [a for a in range(3) if a != axis]
-        step = np.eye(3)
-        step[other[0], other[0]], step[other[0], other[1]] = cosine, -sine
-        step[other[1], other[0]], step[other[1], other[1]] = sine, cosine
-        matrix = matrix @ step
+    for axis, (angle, turn) in enumerate(zip(angles, (1.0, -1.0, 1.0))):
+        matrix = matrix @ axis_angle_rotation(np.eye(3)[axis], turn * float(angle))
     return matrix
 
 
